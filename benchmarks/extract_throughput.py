@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Feature-extraction throughput of transferlab against the plain reference, in one run.
+
+On the first N images of the folder in sorted class/file order (the order torchvision's
+ImageFolder uses, which is what /work/shared/bench/plain_extract.py --limit N takes):
+
+- plain: /work/shared/bench/plain_extract.py FOLDER --res R --limit N, as a subprocess
+  (eager fp32, NCHW, ImageFolder, batch 64, 1 worker); run first, in the middle and last,
+  and the ratio uses the mean of those runs;
+- transferlab `extract_features` (multi-layer pooled features, no cache) in fp32 and bf16,
+  each with 0 and 1 DataLoader workers;
+- ONNX Runtime: the same FeatureExtractor forward (normalisation, forward_intermediates,
+  pooling, concatenation) exported with torch.onnx.export (dynamic batch) and run with
+  onnxruntime (intra-op threads 2), on the same preprocessing (transferlab.features.extract
+  .preprocess in a DataLoader with 0 and 1 workers);
+- eager fp32/bf16 in the very same loop as ONNX (no hashing, no cache bookkeeping), so
+  ONNX Runtime is compared with eager like for like;
+- "gain from choosing the resolution": plain at the backbone's native 224 px against
+  transferlab with every default (auto resolution, auto precision, default workers).
+
+Reports img/s, the ratio to plain, and for bf16 and ONNX the max abs difference and cosine
+similarity of the features against fp32 eager. Replaces its section of BENCHMARKS.md.
+
+    .venv/bin/python benchmarks/extract_throughput.py --res 128 --limit 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import (DATA_DEFAULT, PLAIN_EXTRACT, command_line, fmt, machine_info, machine_line, md_table,
+                         now, update_section)
+else:
+    from ._common import (DATA_DEFAULT, PLAIN_EXTRACT, command_line, fmt, machine_info, machine_line, md_table,
+                          now, update_section)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- runners
+
+def run_plain(folder: str, arch: str, res: int, limit: int) -> dict:
+    cmd = [sys.executable, PLAIN_EXTRACT, folder, "--arch", arch, "--res", str(res), "--limit", str(limit)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"plain_extract failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")][-1]
+    out = json.loads(line)
+    return {"img_per_s": float(out["img_per_s"]), "seconds": float(out["seconds"]), "images": int(out["images"]),
+            "process_wall_s": round(wall, 2)}
+
+
+def run_transferlab(backbone, paths: list[Path], res: int, precision: str, workers: int | None,
+                    batch_size: int) -> tuple[dict, "np.ndarray"]:
+    from transferlab.features.extract import ExtractionSettings, extract_features
+
+    kwargs = dict(resolution=res, precision=precision, batch_size=batch_size)
+    if workers is not None:
+        kwargs["workers"] = workers
+    settings = ExtractionSettings(**kwargs)
+    t0 = time.perf_counter()
+    result = extract_features(backbone, paths, settings, cache_root=None, progress=False)
+    secs = time.perf_counter() - t0
+    if result.failures:
+        log(f"  {len(result.failures)} failures, e.g. {result.failures[:2]}")
+    n = len(result.ok_indices)
+    return {"img_per_s": n / secs, "seconds": secs, "images": n, "unique_extracted": result.n_extracted,
+            "library_img_per_s": result.images_per_second, "workers": settings.workers,
+            "precision": settings.precision}, result.features
+
+
+class _Preprocessed:
+    """Dataset of transferlab's own preprocessing: uint8 (3, R, R) per path."""
+
+    def __init__(self, paths, res, interpolation):
+        self.paths, self.res, self.interpolation = paths, res, interpolation
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from transferlab.features.extract import preprocess
+
+        return preprocess(self.paths[i], self.res, self.interpolation)
+
+
+def _loader(paths, res, interpolation, workers, batch_size):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(_Preprocessed(paths, res, interpolation), batch_size=batch_size, num_workers=workers)
+
+
+def export_onnx(backbone, res: int, path: Path) -> dict:
+    """Export FeatureExtractor's forward (normalise, intermediates, pool, concat) with a dynamic batch."""
+    import torch
+
+    from transferlab.features.extract import ExtractionSettings, FeatureExtractor
+    from transferlab.features.layers import pool
+
+    extractor = FeatureExtractor(backbone, ExtractionSettings(resolution=res, precision="fp32"))
+
+    class PooledFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = extractor.model
+            self.register_buffer("mean", extractor.mean.clone())
+            self.register_buffer("std", extractor.std.clone())
+
+        def forward(self, images):  # float32 (B, 3, R, R) in 0..255, as FeatureExtractor gets them
+            x = (images - self.mean) / self.std
+            maps = extractor._forward_maps(x)
+            return torch.cat([pool(m, extractor.settings.pool) for m in maps], dim=1)
+
+    module = PooledFeatures().eval()
+    example = torch.rand(2, 3, res, res) * 255
+    t0 = time.perf_counter()
+    kwargs = dict(input_names=["images"], output_names=["features"],
+                  dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, opset_version=17)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            # The TorchScript exporter needs no onnxscript (not installed here) and handles timm's code.
+            torch.onnx.export(module, (example,), str(path), dynamo=False, **kwargs)
+            exporter = "torch.onnx.export(dynamo=False), opset 17"
+        except TypeError:
+            torch.onnx.export(module, (example,), str(path), **kwargs)
+            exporter = "torch.onnx.export, opset 17"
+    return {"exporter": exporter, "export_s": round(time.perf_counter() - t0, 2),
+            "size_mb": round(path.stat().st_size / 1e6, 1)}
+
+
+def onnx_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, paths, res, interpolation, workers, batch_size) -> tuple[dict, "np.ndarray"]:
+    import numpy as np
+
+    rows = []
+    t0 = time.perf_counter()
+    for batch in _loader(paths, res, interpolation, workers, batch_size):
+        rows.append(session.run(None, {"images": batch.float().numpy()})[0])
+    secs = time.perf_counter() - t0
+    feats = np.concatenate(rows)
+    return {"img_per_s": len(feats) / secs, "seconds": secs, "images": len(feats), "workers": workers}, feats
+
+
+def run_eager_loop(backbone, paths, res, precision, workers, batch_size) -> tuple[dict, "np.ndarray"]:
+    """FeatureExtractor called in the same loop as ONNX: the network plus decoding, nothing else."""
+    import numpy as np
+
+    from transferlab.features.extract import ExtractionSettings, FeatureExtractor
+
+    extractor = FeatureExtractor(backbone, ExtractionSettings(resolution=res, precision=precision))
+    rows = []
+    t0 = time.perf_counter()
+    for batch in _loader(paths, res, backbone.interpolation, workers, batch_size):
+        rows.append(extractor(batch))
+    secs = time.perf_counter() - t0
+    feats = np.concatenate(rows)
+    return {"img_per_s": len(feats) / secs, "seconds": secs, "images": len(feats), "workers": workers}, feats
+
+
+def feature_diff(reference, other) -> dict:
+    import numpy as np
+
+    ref = np.asarray(reference, dtype=np.float64)
+    oth = np.asarray(other, dtype=np.float64)
+    cos = (ref * oth).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(oth, axis=1) + 1e-12)
+    abs_diff = np.abs(ref - oth)
+    return {"max_abs": float(abs_diff.max()), "max_abs_rel": float(abs_diff.max() / np.abs(ref).max()),
+            "mean_abs": float(abs_diff.mean()), "min_cos": float(cos.min()), "mean_cos": float(cos.mean())}
+
+
+# --------------------------------------------------------------------------- main flow
+
+def first_n_paths(folder: str, limit: int) -> tuple[list[Path], bool]:
+    """First `limit` images in sorted class/file order, and whether ImageFolder agrees."""
+    from torchvision import datasets
+
+    from transferlab.data.folder import scan_folder
+
+    paths = [s.path for s in scan_folder(folder).samples][:limit]
+    image_folder = [Path(p) for p, _ in datasets.ImageFolder(folder).samples][:limit]
+    return paths, [str(p) for p in paths] == [str(p) for p in image_folder]
+
+
+def run(args) -> dict:
+    import torch
+
+    from transferlab.backbones import create_backbone
+    from transferlab.features.resolution import choose_resolution
+
+    res, limit, bs = args.res, args.limit, args.batch_size
+    arch = args.backbone.replace("tf_efficientnet_", "")
+    paths, same_as_imagefolder = first_n_paths(args.data, limit)
+    log(f"{len(paths)} images; same files as ImageFolder's first {limit}: {same_as_imagefolder}")
+    backbone = create_backbone(args.backbone)
+    auto_res, auto_reason = choose_resolution(paths, backbone.native_size)
+    native = backbone.native_size
+    log(f"auto resolution: {auto_res} ({auto_reason}); native {native}; torch threads {torch.get_num_threads()}")
+
+    rows: dict[str, dict] = {}
+    feats: dict[str, object] = {}
+    onnx_info = None
+    tmp = Path(tempfile.mkdtemp(prefix="tl-onnx-"))
+    onnx_path = tmp / f"{args.backbone}-{res}.onnx"
+
+    def plain(label, r):
+        log(f"{label} ...")
+        rows[label] = run_plain(args.data, arch, r, limit)
+        log(f"  {rows[label]}")
+
+    def tl(label, precision, workers, r=res):
+        log(f"{label} ...")
+        rows[label], f = run_transferlab(backbone, paths, r, precision, workers, bs)
+        if r == res:
+            feats[label] = f
+        log(f"  {rows[label]}")
+
+    def onnx(label, workers):
+        log(f"{label} ...")
+        rows[label], feats[label] = run_onnx(session, paths, res, backbone.interpolation, workers, bs)
+        log(f"  {rows[label]}")
+
+    def eager(label, precision, workers):
+        log(f"{label} ...")
+        rows[label], feats[label] = run_eager_loop(backbone, paths, res, precision, workers, bs)
+        log(f"  {rows[label]}")
+
+    session = None
+    if not args.skip_onnx:
+        onnx_info = export_onnx(backbone, res, onnx_path)
+        session = onnx_session(onnx_path, args.ort_threads)
+        session.run(None, {"images": torch.zeros(1, 3, res, res).numpy()})  # build the session's kernels now
+        log(f"ONNX export: {onnx_info}")
+
+    # Order: plain first, in the middle and last; each worker setting once per variant.
+    plain("plain #1", res)
+    tl("transferlab fp32, workers 0", "fp32", 0)
+    tl("transferlab bf16, workers 0", "bf16", 0)
+    if session is not None:
+        onnx("ONNX Runtime fp32, workers 0", 0)
+        eager("eager loop fp32, workers 0", "fp32", 0)
+        eager("eager loop bf16, workers 0", "bf16", 0)
+    plain("plain #2", res)
+    tl("transferlab fp32, workers 1", "fp32", 1)
+    tl("transferlab bf16, workers 1", "bf16", 1)
+    if session is not None:
+        onnx("ONNX Runtime fp32, workers 1", 1)
+    plain(f"plain @ native {native}", native)
+    tl(f"transferlab defaults @ auto {auto_res}", "bf16" if _auto_bf16() else "fp32", None, r=auto_res)
+    plain("plain #3", res)
+
+    plain_runs = [v["img_per_s"] for k, v in rows.items() if k.startswith("plain #")]
+    plain_mean = statistics.mean(plain_runs)
+    ref = feats["transferlab fp32, workers 0"]
+    diffs = {k: feature_diff(ref, v) for k, v in feats.items() if k != "transferlab fp32, workers 0"}
+    report = {
+        "date": now(), "command": command_line(args.argv, __file__), "machine": machine_info(),
+        "res": res, "limit": limit, "n": len(paths), "same_as_imagefolder": same_as_imagefolder,
+        "auto_res": auto_res, "auto_reason": auto_reason, "native": native, "rows": rows, "diffs": diffs,
+        "plain_mean": plain_mean, "plain_spread": [min(plain_runs), max(plain_runs)], "onnx": onnx_info,
+        "feature_dim": int(ref.shape[1]),
+    }
+    print_report(report)
+    if not args.no_write:
+        update_section(f"extract_throughput:{args.backbone}@{res}", markdown(report, args))
+        log("BENCHMARKS.md updated")
+    return report
+
+
+def _auto_bf16() -> bool:
+    from transferlab.precision import resolve_precision
+
+    return resolve_precision("auto") == "bf16"
+
+
+HEADERS = ["run", "img/s", "ratio to plain", "max abs diff vs fp32", "min / mean cosine vs fp32", "notes"]
+
+
+def table_rows(report: dict) -> list[list]:
+    rows = []
+    plain_mean = report["plain_mean"]
+    native_plain = report["rows"].get(f"plain @ native {report['native']}")
+    for name, r in report["rows"].items():
+        d = report["diffs"].get(name)
+        notes = []
+        if name.startswith("transferlab") and "unique_extracted" in r and r["unique_extracted"] != r["images"]:
+            notes.append(f"{r['unique_extracted']} unique files extracted")
+        if "defaults" in name:
+            notes.append(f"workers {r['workers']}, {r['precision']}")
+        if name.startswith("plain"):
+            notes.append(f"process wall {r['process_wall_s']:.1f} s (start-up + model load included)")
+        if name.startswith("eager loop"):
+            notes.append("same loop as ONNX Runtime (no hashing/cache bookkeeping)")
+        if "native" in name or "defaults" in name:
+            ratio = "-" if "native" in name else f"{r['img_per_s'] / native_plain['img_per_s']:.2f}x vs plain @ native"
+        else:
+            ratio = f"{r['img_per_s'] / plain_mean:.2f}x"
+        rows.append([
+            name, fmt(r["img_per_s"]), ratio,
+            f"{d['max_abs']:.3g} ({d['max_abs_rel']:.2%} of max)" if d else "",
+            f"{d['min_cos']:.5f} / {d['mean_cos']:.6f}" if d else "",
+            "; ".join(notes),
+        ])
+    return rows
+
+
+def print_report(report: dict) -> None:
+    print()
+    print(md_table(HEADERS, table_rows(report)))
+    print(f"\nplain @ {report['res']}: mean {report['plain_mean']:.1f} img/s over "
+          f"{sum(k.startswith('plain #') for k in report['rows'])} runs, spread {report['plain_spread']}")
+    if report["onnx"]:
+        print(f"ONNX: {report['onnx']}")
+
+
+def markdown(report: dict, args) -> str:
+    gain_plain = report["rows"][f"plain @ native {report['native']}"]["img_per_s"]
+    gain_tl = next(v for k, v in report["rows"].items() if "defaults" in k)["img_per_s"]
+    lines = [
+        f"## Feature-extraction throughput ({args.backbone}, {report['res']} px, {report['n']} images)",
+        "",
+        f"- command: `{report['command']}`",
+        f"- date: {report['date']}",
+        f"- machine: {machine_line(report['machine'])}",
+        f"- images: the first {report['n']} files of `{args.data}` in sorted class/file order "
+        f"(identical to ImageFolder's first {args.limit}: {report['same_as_imagefolder']}); no feature cache",
+        f"- plain = `{PLAIN_EXTRACT}` (eager fp32 NCHW, ImageFolder, batch 64, 1 worker, final pooled "
+        f"features only); ratio = img/s over the mean of the plain runs at {report['res']} px "
+        f"({report['plain_mean']:.1f} img/s; spread {report['plain_spread'][0]:.1f}-{report['plain_spread'][1]:.1f})",
+        f"- transferlab = `extract_features` (layers stage-2,head, {report['feature_dim']} dims, channels-last, "
+        f"file hashing included), batch {args.batch_size}; img/s = images / wall time of the call",
+    ]
+    if report["onnx"]:
+        o = report["onnx"]
+        lines.append(f"- ONNX Runtime: {o['exporter']} of FeatureExtractor's forward (normalise + "
+                     f"forward_intermediates + pool + concat), dynamic batch, {o['size_mb']} MB, "
+                     f"CPUExecutionProvider, intra-op threads {args.ort_threads}, ORT_ENABLE_ALL; "
+                     f"export {o['export_s']} s (not counted)")
+    lines += [
+        "- feature differences are against transferlab fp32 (workers 0) on the same images",
+        "",
+        md_table(HEADERS, table_rows(report)),
+        "",
+        f"Gain from choosing the resolution: plain at native {report['native']} px runs at {gain_plain:.1f} img/s; "
+        f"transferlab with its defaults picks {report['auto_res']} px ({report['auto_reason']}) and runs at "
+        f"{gain_tl:.1f} img/s: **{gain_tl / gain_plain:.2f}x**.",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--data", default=DATA_DEFAULT, help="class-per-folder image tree (default: %(default)s)")
+    p.add_argument("--res", type=int, default=128, help="resolution for the comparison (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=2048, help="first N images (default: %(default)s)")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0",
+                   choices=["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: %(default)s)")
+    p.add_argument("--skip-onnx", action="store_true", help="leave out the ONNX Runtime variant")
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""Probe benchmark on the real Architectural Heritage data (64 x 64 JPEGs, 10 classes).
+
+Default mode: `run_probe` on train_val (stratified 80/20 split, seed 0) with the paper's
+per-class F1 as baseline, twice: first with a fresh, empty feature cache (cold), then again
+with the same cache (warm). Wall time is measured around the whole `run_probe` call. If the
+`transferlab` CLI exists, `transferlab probe ...` is timed too (cold with its own fresh
+cache, then warm), as a subprocess, so its wall time includes start-up and imports.
+Targets: cold < 6 min with validation accuracy >= 0.92; warm < 30 s.
+
+`--study`: a small grid that justifies the defaults: resolution {64, 96, 128, 160, 224} x
+precision {fp32, bf16} with layers 'stage-2,head' and logreg, then at 128 px bf16 the layer
+sets {head}, {stage-1,head}, {stage-2,head}, {stage-3,stage-2,head}. The study uses its own
+persistent cache dir (--study-cache) so re-runs and repeated keys reuse features; results
+are appended to a JSON lines file as they come, so a long background run can be polled.
+
+Each mode replaces its own section of BENCHMARKS.md (unless --no-write).
+
+    .venv/bin/python benchmarks/probe_heritage.py
+    nohup .venv/bin/python benchmarks/probe_heritage.py --study > /tmp/study.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import (BASELINE_DEFAULT, DATA_DEFAULT, REPO_ROOT, command_line, fmt, machine_info,
+                         machine_line, md_table, now, update_section)
+else:
+    from ._common import (BASELINE_DEFAULT, DATA_DEFAULT, REPO_ROOT, command_line, fmt, machine_info,
+                          machine_line, md_table, now, update_section)
+
+TARGET_COLD_S = 360.0
+TARGET_ACC = 0.92
+TARGET_WARM_S = 30.0
+
+STUDY_RESOLUTIONS = (64, 96, 128, 160, 224)
+STUDY_PRECISIONS = ("fp32", "bf16")
+STUDY_LAYER_SETS = ("head", "stage-1,head", "stage-2,head", "stage-3,stage-2,head")
+STUDY_LAYER_RES, STUDY_LAYER_PRECISION = 128, "bf16"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- library runs
+
+def _img_per_s(summary: dict) -> float | None:
+    match = re.search(r"\(([\d.]+) img/s\)", str(summary.get("features", "")))
+    return float(match.group(1)) if match else None
+
+
+def _n_extracted(summary: dict) -> tuple[int, int]:
+    match = re.match(r"(\d+) extracted, (\d+) from cache", str(summary.get("features", "")))
+    return (int(match.group(1)), int(match.group(2))) if match else (-1, -1)
+
+
+def probe_once(data: str, out: Path, cache: Path, backbone: str, baseline: str | None, seed: int,
+               val_fraction: float, **overrides) -> dict:
+    """One `run_probe` call, timed from the call to its return; the figures as a flat dict."""
+    from transferlab.probe import ProbeConfig, run_probe
+
+    config = ProbeConfig(data=data, out=str(out), backbone=backbone, baseline=baseline, seed=seed,
+                         val_fraction=val_fraction, cache_dir=str(cache), progress=False, **overrides)
+    t0 = time.perf_counter()
+    result = run_probe(config)
+    wall = time.perf_counter() - t0
+    return _figures(result.metrics, result.summary, wall)
+
+
+def _figures(metrics: dict, summary: dict, wall: float) -> dict:
+    val = metrics.get("val", {})
+    base = metrics.get("baseline") or {}
+    extracted, cached = _n_extracted(summary)
+    timings = metrics.get("timings", {})
+    return {
+        "wall_s": round(wall, 2),
+        "accuracy": val.get("accuracy"),
+        "macro_f1": val.get("macro_f1"),
+        "beats": base.get("beats"),
+        "of": base.get("of"),
+        "img_per_s": _img_per_s(summary),
+        "extracted": extracted,
+        "from_cache": cached,
+        "timings": timings,
+        "resolution": summary.get("resolution"),
+        "precision": summary.get("precision"),
+        "layers": summary.get("layers"),
+        "images": summary.get("images"),
+    }
+
+
+# --------------------------------------------------------------------------- CLI runs
+
+def cli_path() -> Path:
+    return Path(sys.executable).with_name("transferlab")
+
+
+def _cli_env(cache: Path | None = None) -> dict:
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200", TERM="dumb")
+    if cache is not None:
+        env["TRANSFERLAB_CACHE"] = str(cache)
+    return env
+
+
+def cli_probe_help() -> str | None:
+    """`transferlab probe --help` text, or None if the CLI (or its probe command) is missing."""
+    exe = cli_path()
+    if not exe.exists():
+        return None
+    try:
+        top = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120, env=_cli_env())
+        if top.returncode != 0 or "probe" not in top.stdout:
+            return None
+        sub = subprocess.run([str(exe), "probe", "--help"], capture_output=True, text=True, timeout=120,
+                             env=_cli_env())
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return sub.stdout if sub.returncode == 0 else None
+
+
+def cli_probe_command(help_text: str, data: str, out: Path, cache: Path, backbone: str, baseline: str | None,
+                      seed: int, val_fraction: float) -> list[str]:
+    """Build `transferlab probe ...` from the options its --help lists (the CLI is young)."""
+    def has(flag: str) -> bool:
+        return re.search(re.escape(flag) + r"(?![\w-])", help_text) is not None
+
+    def first(*flags: str) -> str | None:
+        return next((f for f in flags if has(f)), None)
+
+    cmd = [str(cli_path()), "probe"]
+    cmd += ["--data", data] if has("--data") else [data]
+    for flags, value in [
+        (("--out", "--output", "--run-dir"), str(out)),
+        (("--backbone",), backbone),
+        (("--baseline",), baseline),
+        (("--cache-dir", "--cache"), str(cache)),
+        (("--seed",), str(seed)),
+        (("--val-fraction", "--val"), str(val_fraction)),
+    ]:
+        flag = first(*flags)
+        if flag and value is not None:
+            cmd += [flag, value]
+    return cmd
+
+
+def cli_once(cmd: list[str], cache: Path, out: Path) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_cli_env(cache), cwd=str(REPO_ROOT))
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout)[-2000:]
+        log(f"CLI failed (rc {proc.returncode}):\n{tail}")
+        return {"wall_s": round(wall, 2), "error": f"rc {proc.returncode}: {tail.strip().splitlines()[-1:]}"}
+    metrics_path = out / "metrics.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        return _figures(metrics, metrics.get("summary", {}), wall)
+    return {"wall_s": round(wall, 2), "error": f"no {metrics_path}"}
+
+
+# --------------------------------------------------------------------------- default mode
+
+def run_default(args) -> dict:
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tl-probe-heritage-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "cache"
+    if cache.exists():
+        shutil.rmtree(cache)  # cold means cold
+    common = dict(data=args.data, backbone=args.backbone, baseline=args.baseline, seed=args.seed,
+                  val_fraction=args.val_fraction)
+    results: dict[str, dict] = {}
+    try:
+        log(f"library cold run (cache {cache}) ...")
+        results["library cold"] = probe_once(out=work / "run-cold", cache=cache, **common)
+        log(f"  {results['library cold']}")
+        log("library warm run ...")
+        results["library warm"] = probe_once(out=work / "run-warm", cache=cache, **common)
+        log(f"  {results['library warm']}")
+
+        cli_commands: dict[str, str] = {}
+        help_text = None if args.cli == "off" else cli_probe_help()
+        if args.cli != "off" and help_text is None:
+            log("CLI: `transferlab probe` not available; library calls only")
+        if help_text is not None:
+            cli_cache = work / "cli-cache"
+            phases = ["cold", "warm"] if args.cli in ("auto", "both") else ["warm"]
+            for phase in phases:
+                # cold: its own empty cache; warm: the cache the library runs filled (same key).
+                use_cache = cli_cache if phase == "cold" else (cli_cache if "cold" in phases else cache)
+                out = work / f"cli-{phase}"
+                cmd = cli_probe_command(help_text, out=out, cache=use_cache, **common)
+                cli_commands[phase] = " ".join(cmd)
+                log(f"CLI {phase}: {' '.join(cmd)}")
+                results[f"CLI {phase}"] = cli_once(cmd, use_cache, out)
+                log(f"  {results[f'CLI {phase}']}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    info = machine_info()
+    report = {"date": now(), "command": command_line(args.argv, __file__), "machine": info, "results": results,
+              "cli_commands": cli_commands, "cli_available": help_text is not None}
+    print_default(report)
+    if not args.no_write:
+        update_section(f"probe_heritage:{args.backbone}", default_markdown(report, args))
+        log("BENCHMARKS.md updated")
+    return report
+
+
+def _target(row: dict, name: str) -> str:
+    if "error" in row:
+        return "failed"
+    if "cold" in name:
+        ok = row["wall_s"] < TARGET_COLD_S and (row["accuracy"] or 0) >= TARGET_ACC
+        return f"{'met' if ok else 'MISSED'} (< {TARGET_COLD_S / 60:.0f} min, acc >= {TARGET_ACC})"
+    ok = row["wall_s"] < TARGET_WARM_S
+    return f"{'met' if ok else 'MISSED'} (< {TARGET_WARM_S:.0f} s)"
+
+
+def _default_rows(report: dict) -> list[list]:
+    rows = []
+    for name, r in report["results"].items():
+        if "error" in r:
+            rows.append([name, fmt(r["wall_s"]), "", "", "", "", "", r["error"]])
+            continue
+        t = r.get("timings", {})
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total")
+        rows.append([
+            name, fmt(r["wall_s"]), fmt(r["accuracy"], 4), fmt(r["macro_f1"], 4), f"{r['beats']}/{r['of']}",
+            fmt(r["img_per_s"], 0) if r["img_per_s"] else f"- ({r['from_cache']} cached)",
+            phases, _target(r, name),
+        ])
+    return rows
+
+
+HEADERS = ["run", "wall s", "val acc", "val macro F1", "beats baseline", "extract img/s",
+           "phases (s)", "target"]
+
+
+def print_default(report: dict) -> None:
+    print()
+    print(md_table(HEADERS, _default_rows(report)))
+    first = next(iter(report["results"].values()))
+    print(f"\nresolution {first.get('resolution')}, precision {first.get('precision')}, layers {first.get('layers')}")
+
+
+def default_markdown(report: dict, args) -> str:
+    first = report["results"]["library cold"]
+    lines = [
+        f"## Probe on Architectural Heritage ({args.backbone})",
+        "",
+        f"- command: `{report['command']}`",
+        f"- date: {report['date']}",
+        f"- machine: {machine_line(report['machine'])}",
+        f"- data: `{args.data}`, stratified {1 - args.val_fraction:.0%}/{args.val_fraction:.0%} split, "
+        f"seed {args.seed}; images {first.get('images')}; baseline `{args.baseline}` (paper per-class F1)",
+        f"- settings (library defaults): resolution {first.get('resolution')}, precision "
+        f"{first.get('precision')}, layers {first.get('layers')}, classifier logreg",
+        "- wall s: the whole `run_probe(...)` call (CLI: the whole subprocess, start-up included); "
+        "extract img/s: the library's own figure (images extracted / extraction phase, hashing included)",
+        "",
+        md_table(HEADERS, _default_rows(report)),
+    ]
+    if report["cli_commands"]:
+        lines += ["", "CLI commands (TRANSFERLAB_CACHE set to the run's cache):"]
+        lines += [f"- {k}: `{v}`" for k, v in report["cli_commands"].items()]
+    elif not report["cli_available"]:
+        lines += ["", "The `transferlab` CLI (`transferlab probe`) did not exist when this ran: library call only."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- study
+
+def study_plan() -> list[dict]:
+    plan = [{"resolution": r, "precision": p, "layers": "stage-2,head"}
+            for r in STUDY_RESOLUTIONS for p in STUDY_PRECISIONS]
+    for layers in STUDY_LAYER_SETS:
+        cfg = {"resolution": STUDY_LAYER_RES, "precision": STUDY_LAYER_PRECISION, "layers": layers}
+        if cfg not in plan:
+            plan.append(cfg)
+    return plan
+
+
+def _key(cfg: dict) -> str:
+    return f"{cfg['resolution']}px {cfg['precision']} [{cfg['layers']}]"
+
+
+def run_study(args) -> dict:
+    cache = Path(args.study_cache)
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="tl-probe-study-"))
+    results_path = Path(args.study_results)
+    done: dict[str, dict] = {}
+    if results_path.exists() and not args.fresh:
+        for line in results_path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["key"]] = row
+    common = dict(data=args.data, backbone=args.backbone, baseline=args.baseline, seed=args.seed,
+                  val_fraction=args.val_fraction)
+    try:
+        for i, cfg in enumerate(study_plan()):
+            key = _key(cfg)
+            if key in done and "error" not in done[key]:
+                log(f"[{i + 1}] {key}: already measured, skipped")
+                continue
+            log(f"[{i + 1}] {key} ...")
+            try:
+                row = probe_once(out=work / f"run-{i}", cache=cache, resolution=cfg["resolution"],
+                                 precision=cfg["precision"], layers=cfg["layers"].split(","), **common)
+            except Exception as exc:  # keep going: one failure should not cost the whole grid
+                import traceback
+                traceback.print_exc()
+                row = {"error": f"{type(exc).__name__}: {exc}"}
+            row = {"key": key, **cfg, **row}
+            done[key] = row
+            with open(results_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            log(f"    {row}")
+            if not args.no_write:
+                update_section(f"probe_heritage_study:{args.backbone}", study_markdown(done, args))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(md_table(STUDY_HEADERS, _study_rows(done)))
+    return done
+
+
+STUDY_HEADERS = ["resolution", "precision", "layers", "dims", "val acc", "val macro F1", "beats baseline",
+                 "extract img/s", "probe wall s (cold)"]
+
+
+def _study_rows(done: dict) -> list[list]:
+    rows = []
+    for cfg in study_plan():
+        r = done.get(_key(cfg))
+        if r is None:
+            rows.append([cfg["resolution"], cfg["precision"], cfg["layers"], "", "(pending)", "", "", "", ""])
+            continue
+        if "error" in r:
+            rows.append([cfg["resolution"], cfg["precision"], cfg["layers"], "", r["error"], "", "", "", ""])
+            continue
+        dims = re.search(r"(\d+) dims", str(r.get("layers")))
+        cold = r["extracted"] > 0
+        rows.append([
+            cfg["resolution"], cfg["precision"], cfg["layers"], dims.group(1) if dims else "",
+            fmt(r["accuracy"], 4), fmt(r["macro_f1"], 4), f"{r['beats']}/{r['of']}",
+            fmt(r["img_per_s"], 0) if r["img_per_s"] else "(cached)",
+            fmt(r["wall_s"]) if cold else f"{fmt(r['wall_s'])} (cache hit)",
+        ])
+    return rows
+
+
+def study_markdown(done: dict, args) -> str:
+    info = machine_info()
+    return "\n".join([
+        f"## Probe defaults study on Architectural Heritage ({args.backbone})",
+        "",
+        f"- command: `{command_line(args.argv, __file__)}`",
+        f"- date: {now()} (last update; rows are written as they finish)",
+        f"- machine: {machine_line(info)}",
+        f"- data: `{args.data}`, stratified 80/20 split, seed {args.seed}; logreg head; baseline = paper per-class F1",
+        "- extract img/s: the library's figure for that run's cold extraction (hashing included). "
+        "Rows run one after another on a shared machine, so compare speeds with care; the "
+        "same-run ratios are in the extraction throughput section.",
+        "",
+        md_table(STUDY_HEADERS, _study_rows(done)),
+    ])
+
+
+# --------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--data", default=DATA_DEFAULT, help="class-per-folder image tree (default: %(default)s)")
+    p.add_argument("--baseline", default=BASELINE_DEFAULT, help="per-class F1 CSV (default: %(default)s)")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0", help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--cli", choices=["auto", "off", "warm", "both"], default="auto",
+                   help="also time `transferlab probe` if the CLI exists: auto/both = cold and warm, "
+                        "warm = only warm on the library's cache, off = never (default: %(default)s)")
+    p.add_argument("--study", action="store_true", help="run the resolution/precision/layers grid instead")
+    p.add_argument("--study-cache", default=os.path.join(tempfile.gettempdir(), "transferlab-study-cache"),
+                   help="feature cache for the study, kept between runs (default: %(default)s)")
+    p.add_argument("--study-results", default=os.path.join(tempfile.gettempdir(), "transferlab-study.jsonl"),
+                   help="JSON lines file the study appends each row to (default: %(default)s)")
+    p.add_argument("--fresh", action="store_true", help="study: ignore rows already in --study-results")
+    p.add_argument("--work-dir", help="where run folders go (default: a temporary dir, removed afterwards)")
+    p.add_argument("--keep", action="store_true", help="keep the run folders")
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.study:
+        run_study(args)
+    else:
+        run_default(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

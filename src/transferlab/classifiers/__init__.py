@@ -1,0 +1,1 @@
+"""scikit-learn classifiers on extracted features, saved without pickle."""

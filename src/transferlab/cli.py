@@ -1,0 +1,195 @@
+"""`transferlab` command line: each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from transferlab.errors import TransferlabError
+
+app = typer.Typer(
+    help="Transfer learning for image classification on an ordinary CPU.\n\n"
+    "Typical path: doctor (is the data sane?) -> probe (pretrained features + a classical "
+    "classifier, minutes on a CPU) -> predict.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def backbones(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False):
+    """List registered backbones: weights source, parameters, feature dims, offline availability.
+
+    Any other timm architecture name also works with --backbone when the hub is reachable,
+    or offline with --weights FILE.
+    """
+    from transferlab.backbones import describe_backbones
+
+    rows = describe_backbones()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Backbones")
+    for column in ("name", "source", "offline", "params (M)", "feature dim", "stage dims", "native px"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], r["source"], "yes" if r["offline"] else "no", f"{r['params_m']:.2f}",
+                      str(r["feature_dim"]), ",".join(map(str, r["stage_dims"])), str(r["native_size"]))
+    console.print(table)
+
+
+@app.command()
+def doctor(
+    data: Annotated[Path, typer.Argument(help="Image folder, one subfolder per class.")],
+    test: Annotated[Optional[Path], typer.Option(help="Separate test folder, checked for leaks.")] = None,
+    min_side: Annotated[int, typer.Option(help="Images with a side below this many pixels are 'tiny'.")] = 32,
+    imbalance: Annotated[float, typer.Option(help="Warn when largest/smallest class exceeds this.")] = 3.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+):
+    """Check an image folder: counts, unreadable files, duplicates, label conflicts, leaks, tiny images, imbalance."""
+    from transferlab.data.doctor import run_doctor
+
+    report = run_doctor(data, test, min_side=min_side, imbalance_threshold=imbalance, progress=not as_json)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        return
+    for line in report.summary_lines():
+        console.print(line, markup=False, highlight=False)
+
+
+@app.command()
+def probe(
+    data: Annotated[Path, typer.Argument(help="Image folder, one subfolder per class (split into train/val).")],
+    test: Annotated[Optional[Path], typer.Option(help="Separate test folder with the same class subfolders.")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone name (see `transferlab backbones`).")] = "tf_efficientnet_lite0",
+    weights: Annotated[Optional[str], typer.Option(help="Weights file (safetensors or state dict), or 'random'.")] = None,
+    classifier: Annotated[str, typer.Option(help="logreg, linear_svm, random_forest, knn or mlp.")] = "logreg",
+    grid: Annotated[bool, typer.Option(help="Small cross-validated grid over the classifier's main parameter.")] = False,
+    ternary: Annotated[bool, typer.Option(help="Ternary-discretise features (full-network embedding).")] = False,
+    layers: Annotated[str, typer.Option(help="Comma-separated: 'head' and/or 'stageK' (negative counts from the end).")] = "stage-2,head",
+    pool: Annotated[str, typer.Option(help="avg, max or gem.")] = "avg",
+    resolution: Annotated[Optional[int], typer.Option(help="Input size in px; default: chosen from the images.")] = None,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU has native bf16), fp32 or bf16.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding worker processes (default suits the CPU count).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of each class held out for validation.")] = 0.2,
+    per_class: Annotated[Optional[int], typer.Option(help="Use at most N images per class (small-data regime).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the classifier.")] = 0,
+    baseline: Annotated[Optional[Path], typer.Option(help="CSV with columns class,f1 to compare per class against.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data>-<backbone>-<classifier>).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Feature cache folder ('' disables; default ~/.cache/transferlab).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Pretrained features + a classical classifier: train, evaluate, compare with a baseline, report.
+
+    Writes a run folder with metrics.json, predictions.csv, skipped.csv, plots, the model and report.html.
+    """
+    from transferlab.features.extract import default_workers
+    from transferlab.probe import ProbeConfig, run_probe
+
+    run_dir = out or Path("runs") / f"{Path(data).resolve().name}-{backbone}-{classifier}"
+    config = ProbeConfig(
+        data=str(data), out=str(run_dir), test=str(test) if test else None, backbone=backbone, weights=weights,
+        classifier=classifier, grid=grid, ternary=ternary, layers=layers.split(","), pool=pool,
+        resolution=resolution, precision=precision, batch_size=batch_size,
+        workers=default_workers() if workers is None else workers, val_fraction=val_fraction,
+        per_class=per_class, seed=seed, baseline=str(baseline) if baseline else None,
+        cache_dir=cache_dir, progress=not quiet,
+    )
+    _print_probe_result(run_probe(config))
+
+
+def _print_probe_result(result) -> None:
+    summary, metrics = result.summary, result.metrics
+    for key in ("backbone", "classifier", "layers", "resolution", "precision", "images", "features"):
+        console.print(f"[bold]{key}[/bold]: {summary[key]}", highlight=False)
+    for split in ("val", "test"):
+        if split not in metrics:
+            continue
+        m = metrics[split]
+        base = m.get("baseline", {}).get("per_class", {})
+        table = Table(title=f"{split}: accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, "
+                            f"weighted F1 {m['weighted_f1']:.4f}")
+        for column in ("class", "precision", "recall", "f1", "support") + (("baseline f1", "delta") if base else ()):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for name, row in m["per_class"].items():
+            cells = [name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])]
+            if base:
+                b = base.get(name)
+                cells += [f"{b['baseline']:.3f}", f"[{'green' if b['ours'] > b['baseline'] else 'red'}]{b['delta']:+.3f}[/]"] if b else ["-", "-"]
+            table.add_row(*cells)
+        console.print(table)
+    if "baseline" in metrics:
+        b = metrics["baseline"]
+        console.print(f"[bold]beats {b['beats']} of {b['of']} classes[/bold] against the baseline ({b['split']})")
+    for warning in result.warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False)
+    timings = metrics["timings"]
+    console.print(f"time: {timings['total']:.1f}s ({', '.join(f'{k} {v:.1f}s' for k, v in timings.items() if k != 'total')})")
+    console.print(f"report: {result.run_dir / 'report.html'}", highlight=False)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+):
+    """Classify images with a trained run; prints the top-k classes with probabilities."""
+    from transferlab.predict import ProbePredictor
+
+    if top_k < 1:
+        raise TransferlabError(f"--top-k must be at least 1, got {top_k}")
+    predictor = ProbePredictor(run)
+    failed = 0
+    for result in predictor.predict_paths(images, top_k=top_k):
+        if result.error:
+            failed += 1
+            err_console.print(f"error: {result.error}", highlight=False, markup=False)
+        elif as_json:
+            print(json.dumps({"path": str(result.path), "top": [{"class": c, "p": round(p, 5)} for c, p in result.top]}))
+        else:
+            ranked = "  ".join(f"{c} {p:.3f}" for c, p in result.top)
+            console.print(f"{result.path}: {ranked}", highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
+    data_dir: Annotated[Path, typer.Option(help="Where to lay out the demo image folder (links).")] = Path(".cache/elpv"),
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Probe the solar-cell electroluminescence images that ship with the elpv-dataset package."""
+    from transferlab.demo import prepare_elpv_folder
+    from transferlab.probe import ProbeConfig, run_probe
+
+    folder = prepare_elpv_folder(data_dir)
+    console.print(f"demo data: {folder} (elpv-dataset: solar cells, 4 defect-probability classes)", highlight=False)
+    _print_probe_result(run_probe(ProbeConfig(data=str(folder), out=str(out), progress=not quiet)))
+
+
+def main() -> None:
+    try:
+        app()
+    except TransferlabError as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Image folders: scanning, robust decoding, splits and data checks."""

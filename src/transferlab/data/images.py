@@ -1,0 +1,96 @@
+"""Robust image decoding: any file PIL can read becomes an 8-bit RGB image.
+
+Handles EXIF orientation, palette and alpha (composited on white), CMYK, 16-bit and
+float grayscale. Failures raise `ImageDecodeError` with a short reason, so callers can
+skip the file and list it instead of crashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Suffixes we treat as images when scanning folders (lower case).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+# Refuse decompression bombs: PIL warns above MAX_IMAGE_PIXELS and raises above twice that;
+# we turn the warning into an error too.
+Image.MAX_IMAGE_PIXELS = 89_478_485
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(Exception):
+    """The file could not be decoded as an image; the message says why."""
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def file_digest(path: str | Path) -> str:
+    """Content hash of a file (blake2b, 32 hex chars): keys the feature cache and finds duplicates."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit or float data: stretch its own range into 8 bits rather than clipping.
+        array = np.asarray(image, dtype=np.float32)
+        low, high = float(array.min()), float(array.max())
+        scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode `path` to an RGB PIL image with EXIF orientation applied.
+
+    `draft_size` lets the JPEG decoder downscale by 2/4/8 while decoding (much faster for
+    large photos) as long as the result stays at least that many pixels on each side.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if draft_size and image.format == "JPEG":
+                    image.draft("RGB", (draft_size, draft_size))
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"too many pixels (decompression bomb guard): {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image PIL can identify") from None
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except Exception as exc:  # PIL's format readers raise many types on corrupt data
+        reason = str(exc) or type(exc).__name__
+        raise ImageDecodeError(f"cannot decode: {reason}") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header only, without decoding pixels."""
+    with Image.open(path) as image:
+        return image.size

@@ -1,0 +1,1 @@
+"""Multi-layer pooled features from a backbone, with an on-disk cache."""

@@ -1,0 +1,260 @@
+"""One forward pass per image: pooled features from several layers, concatenated.
+
+Decoding and resizing run in DataLoader workers; the network runs in inference mode,
+channels-last, optionally under bf16 autocast. Unreadable images are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from transferlab.backbones import Backbone
+from transferlab.data.images import ImageDecodeError, file_digest, load_rgb
+from transferlab.errors import TransferlabError
+from transferlab.features.cache import FeatureCache
+from transferlab.features.layers import DEFAULT_LAYERS, POOLS, pool, stage_indices
+
+PRECISIONS = ("fp32", "bf16")
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# Rows extracted between two cache shards: what a killed run can lose at most.
+SHARD_ROWS = 1024
+
+
+def default_workers() -> int:
+    """Decoding workers: one on a 2-core machine (the network takes both cores), more above."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 else min(4, max(1, cores // 2))
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    resolution: int
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    pool: str = "avg"
+    batch_size: int = 64
+    workers: int = field(default_factory=default_workers)
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise TransferlabError(f"unknown pooling '{self.pool}': choose from {', '.join(POOLS)}")
+        if self.precision not in PRECISIONS:
+            raise TransferlabError(f"unknown precision '{self.precision}': choose from {', '.join(PRECISIONS)}")
+        if self.resolution < 16:
+            raise TransferlabError(f"resolution {self.resolution} is too small (minimum 16)")
+        if self.batch_size < 1:
+            raise TransferlabError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+def preprocess(path: Path, resolution: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Decode, resize the shorter side to `resolution`, centre-crop: uint8 (3, R, R)."""
+    image = load_rgb(path, draft_size=resolution)
+    width, height = image.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    image = image.resize(size, _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR))
+    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class _ImageList(Dataset):
+    def __init__(self, paths: list[Path], resolution: int, interpolation: str):
+        self.paths, self.resolution, self.interpolation = paths, resolution, interpolation
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return preprocess(self.paths[index], self.resolution, self.interpolation), index, ""
+        except ImageDecodeError as exc:
+            return torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8), index, str(exc)
+
+
+def _collate(items):
+    images, indices, errors = zip(*items)
+    return torch.stack(images), list(indices), list(errors)
+
+
+class FeatureExtractor:
+    """Turns batches of uint8 images into concatenated pooled features for one backbone."""
+
+    def __init__(self, backbone: Backbone, settings: ExtractionSettings):
+        self.backbone = backbone
+        self.settings = settings
+        self.stage_idx = stage_indices(settings.layers, len(backbone.stages))
+        self.model = backbone.model.eval().to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0
+
+    def cache_key(self) -> dict:
+        s = self.settings
+        return {
+            "backbone": self.backbone.name,
+            "weights": self.backbone.weights_id,
+            "layers": list(s.layers),
+            "pool": s.pool,
+            "resolution": s.resolution,
+            "mean": self.backbone.mean,
+            "std": self.backbone.std,
+            "interpolation": self.backbone.interpolation,
+            "precision": s.precision,
+        }
+
+    def _forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        layers = self.settings.layers
+        if not self.stage_idx:
+            return [self.model.forward_features(x)]
+        want_head = "head" in layers
+        out = self.model.forward_intermediates(
+            x, indices=self.stage_idx, intermediates_only=not want_head, stop_early=not want_head
+        )
+        final, intermediates = (out if want_head else (None, out))
+        by_index = dict(zip(self.stage_idx, intermediates))
+        maps, stage_iter = [], iter(self.stage_idx)
+        for name in layers:
+            maps.append(final if name == "head" else by_index[next(stage_iter)])
+        return maps
+
+    @torch.inference_mode()
+    def __call__(self, images_uint8: torch.Tensor) -> np.ndarray:
+        x = ((images_uint8.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
+            maps = self._forward_maps(x)
+        pooled = [pool(m, self.settings.pool) for m in maps]
+        return torch.cat(pooled, dim=1).numpy()
+
+
+@dataclass
+class ExtractionResult:
+    features: np.ndarray  # (n_ok, D) float32, rows in the order of ok_indices
+    ok_indices: list[int]
+    failures: list[tuple[Path, str]]
+    n_cached: int
+    n_extracted: int
+    seconds: float
+    cache_dir: Path | None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_extracted / self.seconds if self.n_extracted and self.seconds > 0 else 0.0
+
+
+def _digests(paths: list[Path], progress: bool) -> tuple[list[str | None], dict[int, str]]:
+    digests: list[str | None] = []
+    unreadable: dict[int, str] = {}
+    for i, path in enumerate(tqdm(paths, desc="hashing", unit="img", disable=not progress, leave=False)):
+        try:
+            digests.append(file_digest(path))
+        except OSError as exc:
+            digests.append(None)
+            unreadable[i] = f"cannot read file: {exc.strerror or exc}"
+    return digests, unreadable
+
+
+def extract_features(
+    backbone: Backbone,
+    paths: list[Path],
+    settings: ExtractionSettings,
+    cache_root: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Features for every readable image in `paths`, from the cache where possible."""
+    start = time.perf_counter()
+    extractor = FeatureExtractor(backbone, settings)
+    cache = FeatureCache(cache_root, extractor.cache_key()) if cache_root is not None else None
+    digests, unreadable = _digests(paths, progress)
+    cached_rows, cached_failures = cache.load() if cache else ({}, {})
+
+    # Identical files are extracted once: the first path stands for its digest.
+    todo: dict[str, int] = {}
+    for i, digest in enumerate(digests):
+        if digest is not None and digest not in cached_rows and digest not in cached_failures:
+            todo.setdefault(digest, i)
+    new_rows, new_failures = _extract_missing(extractor, paths, todo, cache, progress)
+    cached_rows.update(new_rows)
+    cached_failures.update(new_failures)
+
+    rows, ok_indices, failures = [], [], []
+    for i, digest in enumerate(digests):
+        if digest is None:
+            failures.append((paths[i], unreadable[i]))
+        elif digest in cached_failures:
+            failures.append((paths[i], cached_failures[digest]))
+        else:
+            rows.append(cached_rows[digest])
+            ok_indices.append(i)
+    n_extracted = len(todo)
+    width = next(iter(cached_rows.values())).shape[0] if cached_rows else 0
+    features = np.stack(rows).astype(np.float32) if rows else np.zeros((0, width), np.float32)
+    return ExtractionResult(
+        features=features,
+        ok_indices=ok_indices,
+        failures=failures,
+        n_cached=len(paths) - n_extracted - len(unreadable),
+        n_extracted=n_extracted,
+        seconds=time.perf_counter() - start,
+        cache_dir=cache.directory if cache else None,
+    )
+
+
+def _extract_missing(
+    extractor: FeatureExtractor,
+    paths: list[Path],
+    todo: dict[str, int],
+    cache: FeatureCache | None,
+    progress: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    rows: dict[str, np.ndarray] = {}
+    failures: dict[str, str] = {}
+    if not todo:
+        return rows, failures
+    digests = list(todo)
+    todo_paths = [paths[todo[d]] for d in digests]
+    settings = extractor.settings
+    loader = DataLoader(
+        _ImageList(todo_paths, settings.resolution, extractor.backbone.interpolation),
+        batch_size=settings.batch_size,
+        num_workers=settings.workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+    )
+    pending_digests: list[str] = []
+    pending_rows: list[np.ndarray] = []
+    pending_failures: dict[str, str] = {}
+
+    def flush() -> None:
+        if cache is not None and (pending_digests or pending_failures):
+            cache.add(pending_digests, np.stack(pending_rows) if pending_rows else np.zeros((0, 0)), pending_failures)
+        pending_digests.clear()
+        pending_rows.clear()
+        pending_failures.clear()
+
+    bar = tqdm(total=len(todo_paths), desc=f"features {extractor.backbone.name}@{settings.resolution}px",
+               unit="img", disable=not progress)
+    for images, indices, errors in loader:
+        features = extractor(images)
+        for row, index, error in zip(features, indices, errors):
+            digest = digests[index]
+            if error:
+                failures[digest] = pending_failures[digest] = error
+            else:
+                rows[digest] = row
+                pending_digests.append(digest)
+                pending_rows.append(row)
+        bar.update(len(indices))
+        if len(pending_digests) >= SHARD_ROWS:
+            flush()
+    bar.close()
+    flush()
+    return rows, failures

@@ -1,0 +1,79 @@
+"""Predictions from a finished run folder: the model is rebuilt from `model/` alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from safetensors.torch import load_file
+
+from transferlab.backbones import Backbone
+from transferlab.classifiers.heads import load_classifier
+from transferlab.data.images import ImageDecodeError
+from transferlab.errors import TransferlabError
+from transferlab.features.extract import ExtractionSettings, FeatureExtractor, preprocess
+from transferlab.runs import load_complete_run
+
+
+@dataclass
+class Prediction:
+    path: Path
+    top: list[tuple[str, float]]  # (class, probability), best first
+    error: str | None = None
+
+
+class ProbePredictor:
+    """Backbone + classifier of a probe run, loaded once, for any number of images."""
+
+    def __init__(self, run_path: str | Path):
+        run = load_complete_run(run_path)
+        self.meta = json.loads((run.model_dir / "model.json").read_text(encoding="utf-8"))
+        if self.meta.get("kind") != "probe":
+            raise TransferlabError(f"{run.path}: model kind '{self.meta.get('kind')}' is not supported here")
+        self.classes: list[str] = self.meta["classes"]
+        model = timm.create_model(self.meta["backbone"], pretrained=False)
+        state = load_file(str(run.model_dir / "backbone.safetensors"))
+        model.load_state_dict(state)
+        backbone = Backbone(model.eval(), self.meta["backbone"], self.meta["weights_source"], "run")
+        self.settings = ExtractionSettings(
+            resolution=self.meta["resolution"],
+            layers=tuple(self.meta["layers"]),
+            pool=self.meta["pool"],
+            precision=self.meta["precision"],
+            workers=0,
+        )
+        self.extractor = FeatureExtractor(backbone, self.settings)
+        self.classifier = load_classifier(run.model_dir / "classifier.skops")
+
+    def predict_paths(self, paths: list[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        results: list[Prediction] = []
+        for start in range(0, len(paths), batch_size):
+            chunk = [Path(p) for p in paths[start : start + batch_size]]
+            images, ok_paths = [], []
+            for path in chunk:
+                try:
+                    images.append(preprocess(path, self.settings.resolution, self.extractor.backbone.interpolation))
+                    ok_paths.append(path)
+                except ImageDecodeError as exc:
+                    results.append(Prediction(path, [], f"{path}: {exc}"))
+            if images:
+                probabilities = self.predict_tensor(torch.stack(images))
+                results.extend(self._top(path, row, top_k) for path, row in zip(ok_paths, probabilities))
+        order = {str(Path(p)): i for i, p in enumerate(paths)}
+        return sorted(results, key=lambda r: order.get(str(r.path), 0))
+
+    def predict_tensor(self, images_uint8) -> np.ndarray:
+        """(B, 3, R, R) uint8 -> (B, n_classes) probabilities."""
+        features = self.extractor(images_uint8)
+        known = self.classifier.predict_proba(features)
+        full = np.zeros((len(features), len(self.classes)))
+        full[:, self.classifier.classes_] = known
+        return full
+
+    def _top(self, path: Path, row: np.ndarray, top_k: int) -> Prediction:
+        best = np.argsort(-row)[:top_k]
+        return Prediction(path, [(self.classes[i], float(row[i])) for i in best])

@@ -1,0 +1,57 @@
+"""Shared fixtures: generated image folders and an isolated, offline environment."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+# Colours and shapes that a random-weight network still separates: the tests check the
+# pipeline, not ImageNet features.
+CLASS_STYLES = {
+    "circle": ((220, 40, 40), "ellipse"),
+    "square": ((40, 200, 60), "rectangle"),
+    "dome(inner)": ((40, 60, 220), "polygon"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_isolated(monkeypatch, tmp_path_factory):
+    """No test may reach a hub, or share a feature cache with the user or another test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def draw_image(path: Path, colour: tuple[int, int, int], shape: str, size: int = 48, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    background = tuple(rng.randint(0, 60) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    jitter = rng.randint(-4, 4)
+    box = (8 + jitter, 8 + jitter, size - 8 + jitter, size - 8 + jitter)
+    if shape == "ellipse":
+        draw.ellipse(box, fill=colour)
+    elif shape == "rectangle":
+        draw.rectangle(box, fill=colour)
+    else:
+        draw.polygon([(size // 2, 4 + jitter), (4, size - 4), (size - 4, size - 4)], fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def make_image_folder(root: Path, per_class: int = 8, classes: dict | None = None, size: int = 48) -> Path:
+    """root/<class>/<name>.jpg|png, with a space and parentheses in some names, like real folders."""
+    for c_index, (name, (colour, shape)) in enumerate((classes or CLASS_STYLES).items()):
+        for i in range(per_class):
+            suffix = ".png" if i % 2 else ".jpg"
+            draw_image(root / name / f"img ({i}){suffix}", colour, shape, size=size, seed=c_index * 1000 + i)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "data")

@@ -1,0 +1,223 @@
+"""Tests for transferlab.report: metrics, baseline comparison, plots and the HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferlab.atomic import write_json, write_text
+from transferlab.errors import TransferlabError
+from transferlab.report.baseline import compare_to_baseline, load_baseline
+from transferlab.report.html import render_report
+from transferlab.report.metrics import classification_metrics, classification_report_text
+from transferlab.report.plots import plot_confusion_matrix, plot_per_class_f1
+
+# cat: tp 2, fp 1, fn 1 -> P = R = F1 = 2/3; dog: tp 1, fp 1, fn 1 -> 0.5; bird: no samples, never predicted.
+CLASSES = ["cat", "dog", "bird"]
+Y_TRUE = np.array([0, 0, 0, 1, 1])
+Y_PRED = np.array([0, 0, 1, 1, 0])
+
+
+@pytest.fixture
+def metrics() -> dict:
+    return classification_metrics(Y_TRUE, Y_PRED, CLASSES)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_hand_example(metrics: dict) -> None:
+    assert metrics["accuracy"] == 0.6
+    assert metrics["n"] == 5
+    assert metrics["per_class"]["cat"] == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "support": 3}
+    assert metrics["per_class"]["dog"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert metrics["macro_f1"] == 0.3889  # (2/3 + 1/2 + 0) / 3 = 7/18
+    assert metrics["weighted_f1"] == 0.6  # (3 * 2/3 + 2 * 1/2) / 5
+    assert metrics["confusion"] == [[2, 1, 0], [1, 1, 0], [0, 0, 0]]
+    json.dumps(metrics)  # plain types only: it goes straight into metrics.json
+
+
+def test_zero_support_class_is_listed(metrics: dict) -> None:
+    assert list(metrics["per_class"]) == CLASSES
+    assert metrics["per_class"]["bird"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_report_text_names_every_class() -> None:
+    text = classification_report_text(Y_TRUE, Y_PRED, CLASSES)
+    assert all(name in text for name in CLASSES)
+    assert "0.6667" in text
+
+
+def test_metrics_reject_out_of_range_labels() -> None:
+    with pytest.raises(TransferlabError, match="class index 3"):
+        classification_metrics(np.array([0, 3]), np.array([0, 1]), CLASSES)
+
+
+# ---------------------------------------------------------------- baseline
+
+
+def _csv(tmp_path: Path, text: str, name: str = "base line.csv") -> Path:
+    path = tmp_path / name
+    write_text(path, text)
+    return path
+
+
+def test_load_baseline_good(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "\ufeffClass, F1 ,source\ncat,0.8,paper\n\n dome(inner) , 1 ,x\n")
+    assert load_baseline(path) == {"cat": 0.8, "dome(inner)": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name,f1\ncat,0.5\n", "lacks column"),
+        ("class,score\ncat,0.5\n", "lacks column"),
+        ("class,f1\ncat,high\n", r":2: f1 of class 'cat' is 'high', not a number"),
+        ("class,f1\ncat,nan\n", "outside"),
+        ("class,f1\ncat,0.5\ndog,1.2\n", r":3: f1 of class 'dog' is 1.2, outside \[0, 1\]"),
+        ("class,f1\ncat,85\n", "fraction"),
+        ("class,f1\ncat,-0.1\n", "outside"),
+        ("class,f1\ncat,0.5\ndog,0.4\ncat,0.6\n", r":4: class 'cat' appears again \(first on line 2\)"),
+        ("", "empty"),
+        ("\n\n", "empty"),
+        ("class,f1\n", "no class rows"),
+        ("class,f1\n,0.5\n", "empty class name"),
+        ("class,f1\ncat\n", "no f1 value"),
+    ],
+)
+def test_load_baseline_bad(tmp_path: Path, text: str, expected: str) -> None:
+    path = _csv(tmp_path, text)
+    with pytest.raises(TransferlabError, match=expected) as info:
+        load_baseline(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "\n" not in message
+
+
+def test_load_baseline_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.csv"
+    with pytest.raises(TransferlabError, match="not found") as info:
+        load_baseline(path)
+    assert str(path) in str(info.value)
+
+
+def test_compare_beats_count_hand_example() -> None:
+    per_class = {"a": {"f1": 0.9}, "b": {"f1": 0.5}, "c": {"f1": 0.7}}
+    comparison = compare_to_baseline(per_class, {"a": 0.8, "b": 0.6, "c": 0.7})
+    # a beats, b loses, c ties: a tie is not a win.
+    assert (comparison.beats, comparison.of) == (1, 3)
+    assert [row["beats"] for row in comparison.rows] == [True, False, False]
+    assert comparison.rows[1]["delta"] == -0.1
+    assert comparison.to_dict()["per_class"]["a"] == {"ours": 0.9, "baseline": 0.8, "delta": 0.1}
+    lines = comparison.table_text().splitlines()
+    assert lines[-1] == "beats 1 of 3 classes"
+    assert len({line.index("0.") for line in lines[1:-1]}) == 1  # columns line up
+
+
+def test_compare_partial_overlap_lists_missing() -> None:
+    per_class = {"a": {"f1": 0.9}, "b": {"f1": 0.5}}
+    comparison = compare_to_baseline(per_class, {"b": 0.4, "z": 0.6})
+    assert (comparison.beats, comparison.of) == (1, 1)
+    assert comparison.missing_in_ours == ["z"]
+    assert comparison.missing_in_baseline == ["a"]
+    assert comparison.to_dict()["missing_in_ours"] == ["z"]
+
+
+def test_compare_no_overlap_raises() -> None:
+    with pytest.raises(TransferlabError, match="no class name") as info:
+        compare_to_baseline({"Cat": {"f1": 0.9}}, {"cat": 0.8})
+    assert "'Cat'" in str(info.value) and "'cat'" in str(info.value)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _confusion(n: int) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 5, size=(n, n)) + np.eye(n, dtype=int) * 20
+    return matrix.tolist()
+
+
+def test_confusion_plot_grows_with_classes(tmp_path: Path) -> None:
+    small = plot_confusion_matrix(_confusion(3), ["a", "b$", "c$d$"], tmp_path / "small.png", title="val $1$")
+    names = [f"class_{i:02d}_with_a_long_name" for i in range(35)]
+    big = plot_confusion_matrix(_confusion(35), names, tmp_path / "plots" / "big.png", normalize=False)
+    with Image.open(small) as a, Image.open(big) as b:
+        assert a.format == b.format == "PNG"
+        assert b.width > a.width * 2 and b.height > a.height * 2
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic write left no temp file
+
+
+def test_confusion_plot_rejects_shape_mismatch(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not match"):
+        plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b", "c"], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_per_class_f1_plot_with_partial_baseline(tmp_path: Path, metrics: dict) -> None:
+    path = plot_per_class_f1(metrics["per_class"], tmp_path / "f1.png", baseline={"cat": 0.7})
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100
+
+
+# ---------------------------------------------------------------- html
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run <1> & co"
+    classes = ["dome(inner)", "<b>bold</b>", "plain"]
+    val = classification_metrics(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), classes)
+    per_class = val["per_class"]
+    val["baseline"] = compare_to_baseline(per_class, {"dome(inner)": 0.5, "<b>bold</b>": 0.9, "ghost": 0.2}).to_dict()
+    write_json(run_dir / "metrics.json", {"val": val, "timings": {"features": 3.25, "fit": 75.0}, "extra": [1]})
+    plot_confusion_matrix(val["confusion"], classes, run_dir / "plots" / "confusion_val.png")
+    write_text(run_dir / "skipped.csv", "path,reason\ndata/a <x>.txt,not an image file\n")
+    return run_dir
+
+
+def test_report_html(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path)
+    path = render_report(
+        run_dir,
+        title="Probe <elpv>",
+        summary={"backbone": "efficientnet_lite0", "resolution": 224, "data": "/x/<y> z"},
+        sections=[("Notes & more", "<p>already <i>safe</i></p>")],
+    )
+    assert path == run_dir / "report.html"
+    html = path.read_text(encoding="utf-8")
+    assert "dome(inner)" in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold</b>" not in html
+    assert "data/a &lt;x&gt;.txt" in html
+    assert "/x/&lt;y&gt; z" in html
+    assert "Probe &lt;elpv&gt;" in html
+    assert "data:image/png;base64," in html
+    assert "confusion val" in html
+    # dome(inner): F1 1.0 vs 0.5 beats; <b>bold</b>: F1 2/3 (one false positive) vs 0.9 does not.
+    assert "beats 1 of 2 classes" in html
+    assert '<span class="up">+0.5000</span>' in html and '<span class="down">-0.2333</span>' in html
+    assert "ghost" in html  # baseline class missing from the run is named
+    assert "1 min 15.0 s" in html
+    assert "<p>already <i>safe</i></p>" in html and "Notes &amp; more" in html
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html
+
+
+def test_report_missing_metrics_names_file(tmp_path: Path) -> None:
+    with pytest.raises(TransferlabError, match="metrics.json"):
+        render_report(tmp_path, title="t", summary={})
+
+
+def test_report_caps_skipped_rows_and_keeps_small_settings(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    write_json(run_dir / "metrics.json", {"val": classification_metrics(Y_TRUE, Y_PRED, CLASSES)})
+    write_text(run_dir / "skipped.csv", "path,reason\n" + "".join(f"img{i}.txt,bad\n" for i in range(250)))
+    html = render_report(run_dir, title="t", summary={"lr": 1e-05}).read_text(encoding="utf-8")
+    skipped = html.split('<section id="skipped">')[1].split("</section>")[0]
+    assert skipped.count("<tr><td>img") == 200
+    assert "250 file(s) were skipped" in skipped and "img199.txt" in skipped and "img200.txt" not in skipped
+    assert "<td>1e-05</td>" in html
+    assert 'id="split-test"' not in html  # no test split in metrics.json
