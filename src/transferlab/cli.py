@@ -21,8 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (logs, CI) gets wide lines rather than 80-column tables squashed into ellipses.
+console = Console() if sys.stdout.isatty() else Console(width=160)
+err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
 
 
 @app.command()
@@ -63,7 +64,7 @@ def doctor(
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
         return
     for line in report.summary_lines():
-        console.print(line, markup=False, highlight=False)
+        typer.echo(line)
 
 
 @app.command()

@@ -26,28 +26,46 @@ class Prediction:
     error: str | None = None
 
 
+@dataclass
+class ProbeParts:
+    """What a probe run's model/ folder holds, loaded: backbone, settings, head, classes."""
+
+    meta: dict
+    backbone: Backbone
+    settings: ExtractionSettings
+    classifier: object
+    classes: list[str]
+
+
+def load_probe_parts(run_path: str | Path) -> ProbeParts:
+    run = load_complete_run(run_path)
+    meta = json.loads((run.model_dir / "model.json").read_text(encoding="utf-8"))
+    if meta.get("kind") != "probe":
+        raise TransferlabError(f"{run.path}: model kind '{meta.get('kind')}' is not supported here")
+    model = timm.create_model(meta["backbone"], pretrained=False)
+    model.load_state_dict(load_file(str(run.model_dir / "backbone.safetensors")))
+    backbone = Backbone(model.eval(), meta["backbone"], meta["weights_source"], "run")
+    settings = ExtractionSettings(
+        resolution=meta["resolution"],
+        layers=tuple(meta["layers"]),
+        pool=meta["pool"],
+        precision=meta["precision"],
+        workers=0,
+    )
+    classifier = load_classifier(run.model_dir / "classifier.skops")
+    return ProbeParts(meta, backbone, settings, classifier, meta["classes"])
+
+
 class ProbePredictor:
     """Backbone + classifier of a probe run, loaded once, for any number of images."""
 
     def __init__(self, run_path: str | Path):
-        run = load_complete_run(run_path)
-        self.meta = json.loads((run.model_dir / "model.json").read_text(encoding="utf-8"))
-        if self.meta.get("kind") != "probe":
-            raise TransferlabError(f"{run.path}: model kind '{self.meta.get('kind')}' is not supported here")
-        self.classes: list[str] = self.meta["classes"]
-        model = timm.create_model(self.meta["backbone"], pretrained=False)
-        state = load_file(str(run.model_dir / "backbone.safetensors"))
-        model.load_state_dict(state)
-        backbone = Backbone(model.eval(), self.meta["backbone"], self.meta["weights_source"], "run")
-        self.settings = ExtractionSettings(
-            resolution=self.meta["resolution"],
-            layers=tuple(self.meta["layers"]),
-            pool=self.meta["pool"],
-            precision=self.meta["precision"],
-            workers=0,
-        )
-        self.extractor = FeatureExtractor(backbone, self.settings)
-        self.classifier = load_classifier(run.model_dir / "classifier.skops")
+        parts = load_probe_parts(run_path)
+        self.meta = parts.meta
+        self.classes = parts.classes
+        self.settings = parts.settings
+        self.extractor = FeatureExtractor(parts.backbone, parts.settings)
+        self.classifier = parts.classifier
 
     def predict_paths(self, paths: list[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         results: list[Prediction] = []

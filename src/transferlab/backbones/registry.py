@@ -176,6 +176,23 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Back
     return Backbone(_load_hub(name).eval(), name, "hub", "timm-hub")
 
 
+def hub_weights_cached(name: str) -> bool:
+    """Whether timm's hub weights for `name` are already in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+        if cfg is None or not cfg.hf_hub_id:
+            return False
+        return any(
+            isinstance(try_to_load_from_cache(cfg.hf_hub_id, filename), str)
+            for filename in ("model.safetensors", "pytorch_model.bin")
+        )
+    except Exception:  # no hub library, odd config: treat as not available offline
+        return False
+
+
 def describe_backbones() -> list[dict]:
     """One row per registered backbone: source, parameters, feature dims, offline availability.
 
@@ -189,7 +206,7 @@ def describe_backbones() -> list[dict]:
             {
                 "name": entry.name,
                 "source": entry.source,
-                "offline": entry.offline,
+                "offline": entry.offline or hub_weights_cached(entry.name),
                 "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                 "feature_dim": int(model.num_features),
                 "stage_dims": [int(info["num_chs"]) for info in model.feature_info],

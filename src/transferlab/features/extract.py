@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -86,14 +87,47 @@ def _collate(items):
     return torch.stack(images), list(indices), list(errors)
 
 
+class PooledFeatures(nn.Module):
+    """Normalised float images -> pooled features of the chosen layers, concatenated.
+
+    Differentiable (no inference mode), so the same module serves extraction, ONNX
+    export and class-activation maps.
+    """
+
+    def __init__(self, backbone: Backbone, layers: tuple[str, ...], pool_method: str):
+        super().__init__()
+        self.model = backbone.model
+        self.layers = tuple(layers)
+        self.pool_method = pool_method
+        self.stage_idx = stage_indices(self.layers, len(backbone.stages))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One (B, C, H, W) map per requested layer, in the requested order."""
+        if not self.stage_idx:
+            return [self.model.forward_features(x)]
+        want_head = "head" in self.layers
+        wanted = sorted(set(self.stage_idx))
+        out = self.model.forward_intermediates(
+            x, indices=wanted, intermediates_only=not want_head, stop_early=not want_head
+        )
+        final, intermediates = out if want_head else (None, out)
+        # timm returns intermediates in forward order, i.e. sorted by stage index.
+        by_index = dict(zip(wanted, intermediates))
+        stage_iter = iter(self.stage_idx)
+        return [final if name == "head" else by_index[next(stage_iter)] for name in self.layers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([pool(m, self.pool_method) for m in self.feature_maps(x)], dim=1)
+
+
 class FeatureExtractor:
     """Turns batches of uint8 images into concatenated pooled features for one backbone."""
 
     def __init__(self, backbone: Backbone, settings: ExtractionSettings):
         self.backbone = backbone
         self.settings = settings
-        self.stage_idx = stage_indices(settings.layers, len(backbone.stages))
-        self.model = backbone.model.eval().to(memory_format=torch.channels_last)
+        backbone.model.eval().to(memory_format=torch.channels_last)
+        self.network = PooledFeatures(backbone, settings.layers, settings.pool)
         self.mean = torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0
 
@@ -111,28 +145,15 @@ class FeatureExtractor:
             "precision": s.precision,
         }
 
-    def _forward_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        layers = self.settings.layers
-        if not self.stage_idx:
-            return [self.model.forward_features(x)]
-        want_head = "head" in layers
-        out = self.model.forward_intermediates(
-            x, indices=self.stage_idx, intermediates_only=not want_head, stop_early=not want_head
-        )
-        final, intermediates = (out if want_head else (None, out))
-        by_index = dict(zip(self.stage_idx, intermediates))
-        maps, stage_iter = [], iter(self.stage_idx)
-        for name in layers:
-            maps.append(final if name == "head" else by_index[next(stage_iter)])
-        return maps
+    def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return ((images_uint8.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, images_uint8: torch.Tensor) -> np.ndarray:
-        x = ((images_uint8.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = self.normalise(images_uint8)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
-            maps = self._forward_maps(x)
-        pooled = [pool(m, self.settings.pool) for m in maps]
-        return torch.cat(pooled, dim=1).numpy()
+            features = self.network(x)
+        return features.float().numpy()
 
 
 @dataclass
