@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import json
+import html
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,13 +19,16 @@ from transferlab.backbones.registry import DEFAULT_BACKBONE
 from transferlab.classifiers.heads import build_classifier, save_classifier
 from transferlab.data.folder import FolderScan, Sample, scan_folder
 from transferlab.data.split import save_split, stratified_split
+from transferlab.error_analysis import confused_pairs_html, write_error_grid
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import default_cache_root
 from transferlab.features.extract import ExtractionSettings, default_workers, extract_features
 from transferlab.features.layers import DEFAULT_LAYERS, parse_layers
 from transferlab.features.resolution import choose_resolution
 from transferlab.precision import resolve_precision
+from transferlab.predict import ProbeParts
 from transferlab.report.baseline import compare_to_baseline, load_baseline
+from transferlab.report.errors import cluster_order, reorder
 from transferlab.report.html import render_report
 from transferlab.report.metrics import classification_metrics, classification_report_text
 from transferlab.report.plots import plot_confusion_matrix, plot_per_class_f1
@@ -53,6 +56,7 @@ class ProbeConfig:
     seed: int = 0
     baseline: str | None = None
     cache_dir: str | None = None  # None: the user cache; "" disables caching
+    error_grid: int = 12  # most confidently wrong images shown (with CAM); 0 skips
     progress: bool = True
 
 
@@ -141,14 +145,15 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     metrics: dict = {}
     prediction_rows = []
     baseline_table = None
+    probabilities_by_split = {}
     for name in [g for g in groups if g != "train" and len(labels[g])]:
-        probabilities = _probabilities(classifier, features[name], len(scan.classes))
+        probabilities = probabilities_by_split[name] = _probabilities(classifier, features[name], len(scan.classes))
         predicted = probabilities.argmax(axis=1)
         metrics[name] = classification_metrics(labels[name], predicted, scan.classes)
         write_text(run.path / f"classification_report_{name}.txt",
                    classification_report_text(labels[name], predicted, scan.classes))
-        plot_confusion_matrix(metrics[name]["confusion"], scan.classes, run.plots_dir / f"confusion_{name}.png",
-                              title=f"{config.backbone} + {config.classifier} ({name})")
+        _plot_confusion(metrics[name]["confusion"], scan.classes, run.plots_dir / f"confusion_{name}.png",
+                        f"{config.backbone} + {config.classifier} ({name})")
         for path, true, pred, probs in zip(paths[name], labels[name], predicted, probabilities):
             prediction_rows.append([str(path), name, scan.classes[true], scan.classes[pred]]
                                    + [f"{p:.5f}" for p in probs])
@@ -170,10 +175,20 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
                   prediction_rows)
     timer.lap("evaluate")
 
+    parts = ProbeParts({}, backbone, settings, classifier, scan.classes)
+    pairs, pairs_html = confused_pairs_html(metrics[evaluated]["confusion"], scan.classes)
+    metrics[evaluated]["confused_pairs"] = pairs
+    sections = [(f"Most confused class pairs ({evaluated})", pairs_html)]
+    if config.error_grid > 0:
+        _, note = write_error_grid(parts, paths[evaluated], labels[evaluated], probabilities_by_split[evaluated],
+                                   run.plots_dir / f"errors_{evaluated}.png", config.error_grid)
+        sections.append((f"Error analysis ({evaluated})", f"<p>{html.escape(note)}; see plots/errors_{evaluated}.png.</p>"))
+    timer.lap("errors")
+
     _save_model(run, backbone, classifier, settings, scan.classes)
     summary = {
         "data": str(scan.root),
-        "test": str(test_scan.root) if test_scan else None,
+        **({"test": str(test_scan.root)} if test_scan else {}),
         "backbone": f"{backbone.name} ({backbone.source} weights)",
         "classifier": config.classifier + (" + grid search" if config.grid else "")
         + (" + ternary features" if config.ternary else ""),
@@ -194,12 +209,20 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     config_dict["precision"] = settings.precision
     run.write_config(config_dict)
     write_json(run.path / "metrics.json", metrics)
-    render_report(run.path, title=f"transferlab probe: {scan.root.name}", summary=summary)
+    render_report(run.path, title=f"transferlab probe: {scan.root.name}", summary=summary, sections=sections)
     timer.lap("report")
     metrics["timings"]["total"] = timer.total()
     write_json(run.path / "metrics.json", metrics)
     run.finish("probe")
     return ProbeResult(run.path, metrics, summary, warnings, baseline_table)
+
+
+def _plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    """Above 15 classes, order them so that mutually confused classes sit together."""
+    if len(classes) > 15:
+        confusion, classes = reorder(confusion, classes, cluster_order(confusion))
+        title += ", clustered order"
+    plot_confusion_matrix(confusion, classes, path, title=title)
 
 
 def _assemble(groups: dict[str, list[Sample]], extraction) -> tuple[dict, dict, dict]:

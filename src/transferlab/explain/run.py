@@ -1,0 +1,63 @@
+"""`transferlab explain RUN IMAGES...`: CAM overlays for a finished run."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from transferlab.data.images import ImageDecodeError
+from transferlab.explain.cam import CAM_METHODS, class_activation_maps, save_overlay, target_layer
+from transferlab.features.extract import FeatureExtractor, preprocess
+from transferlab.network import build_probe_network
+from transferlab.predict import load_probe_parts
+
+
+@dataclass
+class ExplainedImage:
+    path: Path
+    predicted: str
+    probability: float
+    overlays: dict[str, Path]  # method -> PNG
+    error: str | None = None
+
+
+class RunExplainer:
+    """Loads a run's network once and explains any number of images."""
+
+    def __init__(self, run_dir: str | Path):
+        parts = load_probe_parts(run_dir)
+        self.classes = parts.classes
+        self.resolution = parts.settings.resolution
+        self.interpolation = parts.backbone.interpolation
+        self.normalise = FeatureExtractor(parts.backbone, parts.settings).normalise
+        self.network = build_probe_network(parts)
+        self.layer = target_layer(parts.backbone.model)
+
+    def explain(self, images_uint8: torch.Tensor, method: str = "gradcam"):
+        return class_activation_maps(self.network, self.layer, images_uint8, self.normalise, method)
+
+    def explain_paths(self, paths: list[Path], out_dir: Path, methods=("gradcam", "gradcam++")) -> list[ExplainedImage]:
+        results = []
+        for index, path in enumerate(paths):
+            path = Path(path)
+            try:
+                image = preprocess(path, self.resolution, self.interpolation).unsqueeze(0)
+            except ImageDecodeError as exc:
+                results.append(ExplainedImage(path, "", 0.0, {}, f"{path}: {exc}"))
+                continue
+            overlays = {}
+            for method in methods:
+                cam = self.explain(image, method)[0]
+                overlays[method] = save_overlay(cam, out_dir / f"{index:03d}_{_slug(path.stem)}_{_slug(method)}.png")
+            results.append(ExplainedImage(path, self.classes[cam.predicted], cam.probability, overlays))
+        return results
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.replace("+", "p")).strip("_") or "image"
+
+
+__all__ = ["CAM_METHODS", "RunExplainer", "ExplainedImage"]
