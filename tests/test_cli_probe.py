@@ -98,6 +98,17 @@ def test_predict_prints_top_k_class_names(image_folder, tmp_path):
     assert abs(sum(p for _, p in result.top) - 1.0) < 1e-6
 
 
+def test_explain_writes_overlays(image_folder, tmp_path):
+    out = tmp_path / "run"
+    assert probe(image_folder, out)[0] == 0
+    image = next((image_folder / "circle").glob("*.png"))
+    code, output = invoke("explain", out, image, "--method", "gradcam", "--out", tmp_path / "cams")
+    assert code == 0, output
+    assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 1
+    code, output = invoke("explain", out, image, "--method", "nope")
+    assert code == 2 and "unknown CAM method 'nope'" in output
+
+
 def test_bad_files_are_skipped_and_listed(image_folder, tmp_path):
     good = next((image_folder / "circle").glob("*.jpg"))
     truncated = image_folder / "circle" / "broken (1).jpg"
@@ -227,6 +238,6 @@ def test_doctor_command_reports_label_conflict(image_folder):
 
 
 def test_every_command_has_help():
-    for command in ("backbones", "doctor", "probe", "predict", "demo"):
+    for command in ("backbones", "doctor", "probe", "predict", "explain", "demo"):
         code, output = invoke(command, "--help")
         assert code == 0 and "Usage" in output

@@ -167,6 +167,33 @@ def predict(
 
 
 @app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (logistic-regression probe).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to explain.")],
+    method: Annotated[list[str], typer.Option(help="gradcam, gradcam++ or layercam; repeat for several.")] = ["gradcam", "gradcam++"],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the overlays (default RUN/explain).")] = None,
+):
+    """Class-activation maps: where the model looks for its predicted class; overlays saved as PNG."""
+    from transferlab.explain.cam import CAM_METHODS
+    from transferlab.explain.run import RunExplainer
+
+    unknown = [m for m in method if m not in CAM_METHODS]
+    if unknown:
+        raise TransferlabError(f"unknown CAM method '{unknown[0]}': choose from {', '.join(CAM_METHODS)}")
+    out_dir = out or run / "explain"
+    failed = 0
+    for result in RunExplainer(run).explain_paths(images, out_dir, tuple(method)):
+        if result.error:
+            failed += 1
+            err_console.print(f"error: {result.error}", highlight=False, markup=False)
+            continue
+        files = ", ".join(str(p) for p in result.overlays.values())
+        console.print(f"{result.path}: {result.predicted} {result.probability:.3f} -> {files}", highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
     data_dir: Annotated[Path, typer.Option(help="Where to lay out the demo image folder (links).")] = Path(".cache/elpv"),
