@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
+
+# Before anything imports huggingface_hub (it reads these once, at import): no test may
+# reach a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFERLAB_OFFLINE"] = "1"
 
 import pytest
 from PIL import Image, ImageDraw

@@ -138,7 +138,11 @@ def _unknown(name: str) -> TransferlabError:
 
 def _load_hub(name: str) -> nn.Module:
     if hub_offline():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # let the hub library answer from its cache only
+        # huggingface_hub reads HF_HUB_OFFLINE once at import; set its constant so the
+        # call answers from the local cache only instead of retrying the network.
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
     try:
         return timm.create_model(name, pretrained=True)
     except TransferlabError:

@@ -68,7 +68,8 @@ def build_classifier(name: str = "logreg", seed: int = 0, ternary: bool = False,
 
 # Types a saved head may contain beyond what skops trusts by default: our own transformer.
 _OWN_TYPES = {f"{TernaryDiscretizer.__module__}.{TernaryDiscretizer.__name__}"}
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
+# No "builtins.": it would admit builtins.eval and friends.
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
 
 
 def save_classifier(pipeline: Pipeline, path: str | os.PathLike) -> None:
@@ -81,8 +82,14 @@ def load_classifier(path: str | os.PathLike) -> Pipeline:
     file = Path(path)
     if not file.is_file():
         raise TransferlabError(f"{file}: classifier file not found")
-    untrusted = skops.io.get_untrusted_types(file=file)
+    try:
+        untrusted = skops.io.get_untrusted_types(file=file)
+    except Exception as exc:  # truncated or not a skops zip
+        raise TransferlabError(f"{file}: not a readable classifier file ({type(exc).__name__}: {exc})") from None
     unexpected = [t for t in untrusted if t not in _OWN_TYPES and not t.startswith(_TRUSTED_PREFIXES)]
     if unexpected:
         raise TransferlabError(f"{file}: refusing to load unexpected types {', '.join(unexpected)}")
-    return skops.io.load(file, trusted=untrusted)
+    try:
+        return skops.io.load(file, trusted=untrusted)
+    except Exception as exc:
+        raise TransferlabError(f"{file}: cannot load classifier ({type(exc).__name__}: {exc})") from None

@@ -53,8 +53,8 @@ class FeatureCache:
                     failure_digests = data["failure_digests"].astype(str)
                     failure_reasons = data["failure_reasons"].astype(str)
                     failures.update(zip(failure_digests, failure_reasons))
-            except (OSError, KeyError, ValueError):
-                continue  # a damaged shard only costs re-extraction of its rows
+            except Exception:  # truncated zip, missing arrays: only costs re-extraction of its rows
+                continue
         return rows, failures
 
     def add(self, digests: list[str], features: np.ndarray, failures: dict[str, str]) -> None:
