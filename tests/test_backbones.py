@@ -12,7 +12,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from transferlab.backbones import REGISTRY, Backbone, create_backbone, describe_backbones
+from transferlab.backbones import (
+    REGISTRY,
+    Backbone,
+    create_backbone,
+    describe_backbones,
+)
 from transferlab.backbones.registry import hub_weights_cached
 from transferlab.backbones.weights import hub_offline, match_state_dict, read_state_dict
 from transferlab.errors import TransferlabError

@@ -12,7 +12,12 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from transferlab.classifiers.heads import CLASSIFIERS, build_classifier, load_classifier, save_classifier
+from transferlab.classifiers.heads import (
+    CLASSIFIERS,
+    build_classifier,
+    load_classifier,
+    save_classifier,
+)
 from transferlab.classifiers.linear import fold_linear_head
 from transferlab.classifiers.ternary import TernaryDiscretizer
 from transferlab.errors import TransferlabError

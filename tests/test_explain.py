@@ -9,12 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
+from transferlab.backbones import create_backbone
 from transferlab.errors import TransferlabError
 from transferlab.explain.cam import CAM_METHODS, MIN_DISPLAY_SIZE, target_layer
 from transferlab.explain.run import RunExplainer
-from transferlab.backbones import create_backbone
 from transferlab.probe import ProbeConfig, run_probe
-from transferlab.report.errors import cluster_order, most_confused_pairs, reorder, top_loss_indices
+from transferlab.report.errors import (
+    cluster_order,
+    most_confused_pairs,
+    reorder,
+    top_loss_indices,
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,17 @@ from tests.conftest import make_image_folder
 from transferlab.backbones import create_backbone
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import FeatureCache, default_cache_root
-from transferlab.features.extract import ExtractionSettings, extract_features, preprocess
+from transferlab.features.extract import (
+    ExtractionSettings,
+    extract_features,
+    preprocess,
+)
 from transferlab.features.layers import parse_layers, pool, stage_indices
-from transferlab.features.resolution import choose_resolution, round_to_multiple, typical_short_side
+from transferlab.features.resolution import (
+    choose_resolution,
+    round_to_multiple,
+    typical_short_side,
+)
 
 RES = 64
 

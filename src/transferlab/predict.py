@@ -15,7 +15,11 @@ from transferlab.backbones import Backbone
 from transferlab.classifiers.heads import load_classifier
 from transferlab.data.images import ImageDecodeError
 from transferlab.errors import TransferlabError
-from transferlab.features.extract import ExtractionSettings, FeatureExtractor, preprocess
+from transferlab.features.extract import (
+    ExtractionSettings,
+    FeatureExtractor,
+    preprocess,
+)
 from transferlab.runs import load_complete_run
 
 

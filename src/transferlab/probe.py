@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import html
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,25 +12,29 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
-from transferlab.atomic import write_json, write_text
+from transferlab.atomic import write_json
 from transferlab.backbones import Backbone, create_backbone
 from transferlab.backbones.registry import DEFAULT_BACKBONE
 from transferlab.classifiers.heads import build_classifier, save_classifier
-from transferlab.data.folder import FolderScan, Sample, scan_folder
+from transferlab.data.folder import Sample, scan_folder
 from transferlab.data.split import save_split, stratified_split
-from transferlab.error_analysis import confused_pairs_html, write_error_grid
 from transferlab.errors import TransferlabError
+from transferlab.evaluation import CamSource, SplitPredictions, evaluate_run
+from transferlab.explain.cam import target_layer
 from transferlab.features.cache import default_cache_root
-from transferlab.features.extract import ExtractionSettings, default_workers, extract_features
+from transferlab.features.extract import (
+    ExtractionSettings,
+    FeatureExtractor,
+    default_workers,
+    extract_features,
+)
 from transferlab.features.layers import DEFAULT_LAYERS, parse_layers
 from transferlab.features.resolution import choose_resolution
+from transferlab.network import build_probe_network
 from transferlab.precision import resolve_precision
 from transferlab.predict import ProbeParts
-from transferlab.report.baseline import compare_to_baseline, load_baseline
-from transferlab.report.errors import cluster_order, reorder
+from transferlab.report.baseline import load_baseline
 from transferlab.report.html import render_report
-from transferlab.report.metrics import classification_metrics, classification_report_text
-from transferlab.report.plots import plot_confusion_matrix, plot_per_class_f1
 from transferlab.runs import RunDir
 
 
@@ -142,48 +145,18 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     classifier.fit(features["train"], labels["train"])
     timer.lap("fit")
 
-    metrics: dict = {}
-    prediction_rows = []
-    baseline_table = None
-    probabilities_by_split = {}
-    for name in [g for g in groups if g != "train" and len(labels[g])]:
-        probabilities = probabilities_by_split[name] = _probabilities(classifier, features[name], len(scan.classes))
-        predicted = probabilities.argmax(axis=1)
-        metrics[name] = classification_metrics(labels[name], predicted, scan.classes)
-        write_text(run.path / f"classification_report_{name}.txt",
-                   classification_report_text(labels[name], predicted, scan.classes))
-        _plot_confusion(metrics[name]["confusion"], scan.classes, run.plots_dir / f"confusion_{name}.png",
-                        f"{config.backbone} + {config.classifier} ({name})")
-        for path, true, pred, probs in zip(paths[name], labels[name], predicted, probabilities):
-            prediction_rows.append([str(path), name, scan.classes[true], scan.classes[pred]]
-                                   + [f"{p:.5f}" for p in probs])
-    if not metrics:
-        raise TransferlabError(f"{config.data}: no validation images (every class has a single image)")
-    evaluated = "test" if "test" in metrics else "val"
-    if baseline is not None:
-        comparison = compare_to_baseline(metrics[evaluated]["per_class"], baseline)
-        metrics[evaluated]["baseline"] = comparison.to_dict()
-        metrics["baseline"] = {"split": evaluated, **comparison.to_dict()}
-        baseline_table = comparison.table_text()
-        write_text(run.path / "baseline.txt", baseline_table + "\n")
-        for side, names in (("baseline", comparison.missing_in_ours), ("data", comparison.missing_in_baseline)):
-            if names:
-                where = config.data if side == "baseline" else config.baseline
-                warnings.append(f"classes in the {side} but not in {where}: {', '.join(names)}")
-        plot_per_class_f1(metrics[evaluated]["per_class"], run.plots_dir / f"per_class_f1_{evaluated}.png", baseline)
-    run.write_csv("predictions.csv", ["path", "split", "true", "predicted"] + [f"p_{c}" for c in scan.classes],
-                  prediction_rows)
+    splits = [
+        SplitPredictions(name, paths[name], labels[name], _probabilities(classifier, features[name], len(scan.classes)))
+        for name in groups if name != "train"
+    ]
+    cam, cam_unavailable = _cam_source(backbone, settings, classifier, scan.classes)
+    evaluation = evaluate_run(
+        run, scan.classes, splits, title=f"{config.backbone} + {config.classifier}", baseline=baseline,
+        baseline_name=config.baseline or "", cam=cam, cam_unavailable=cam_unavailable, error_grid=config.error_grid,
+    )
+    metrics = evaluation.metrics
+    warnings += evaluation.warnings
     timer.lap("evaluate")
-
-    parts = ProbeParts({}, backbone, settings, classifier, scan.classes)
-    pairs, pairs_html = confused_pairs_html(metrics[evaluated]["confusion"], scan.classes)
-    metrics[evaluated]["confused_pairs"] = pairs
-    sections = [(f"Most confused class pairs ({evaluated})", pairs_html)]
-    if config.error_grid > 0:
-        _, note = write_error_grid(parts, paths[evaluated], labels[evaluated], probabilities_by_split[evaluated],
-                                   run.plots_dir / f"errors_{evaluated}.png", config.error_grid)
-        sections.append((f"Error analysis ({evaluated})", f"<p>{html.escape(note)}; see plots/errors_{evaluated}.png.</p>"))
-    timer.lap("errors")
 
     _save_model(run, backbone, classifier, settings, scan.classes)
     summary = {
@@ -209,20 +182,13 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     config_dict["precision"] = settings.precision
     run.write_config(config_dict)
     write_json(run.path / "metrics.json", metrics)
-    render_report(run.path, title=f"transferlab probe: {scan.root.name}", summary=summary, sections=sections)
+    render_report(run.path, title=f"transferlab probe: {scan.root.name}", summary=summary,
+                  sections=evaluation.sections)
     timer.lap("report")
     metrics["timings"]["total"] = timer.total()
     write_json(run.path / "metrics.json", metrics)
     run.finish("probe")
-    return ProbeResult(run.path, metrics, summary, warnings, baseline_table)
-
-
-def _plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
-    """Above 15 classes, order them so that mutually confused classes sit together."""
-    if len(classes) > 15:
-        confusion, classes = reorder(confusion, classes, cluster_order(confusion))
-        title += ", clustered order"
-    plot_confusion_matrix(confusion, classes, path, title=title)
+    return ProbeResult(run.path, metrics, summary, warnings, evaluation.baseline_table)
 
 
 def _assemble(groups: dict[str, list[Sample]], extraction) -> tuple[dict, dict, dict]:
@@ -240,6 +206,18 @@ def _assemble(groups: dict[str, list[Sample]], extraction) -> tuple[dict, dict, 
         labels[name] = np.asarray([all_samples[i].label for i in ok[mask]], dtype=np.int64)
         paths[name] = [all_samples[i].path for i in ok[mask]]
     return features, labels, paths
+
+
+def _cam_source(backbone: Backbone, settings: ExtractionSettings, classifier, classes: list[str]):
+    """The probe as one network for CAM, or why it is not one (a non-linear head)."""
+    parts = ProbeParts({}, backbone, settings, classifier, classes)
+    try:
+        network = build_probe_network(parts)
+    except TransferlabError as exc:
+        return None, str(exc)
+    normalise = FeatureExtractor(backbone, settings).normalise
+    return CamSource(network, target_layer(backbone.model), normalise, settings.resolution,
+                     backbone.interpolation), ""
 
 
 def _probabilities(classifier, features: np.ndarray, n_classes: int) -> np.ndarray:

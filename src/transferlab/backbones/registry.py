@@ -20,7 +20,12 @@ import timm
 import torch
 from torch import nn
 
-from transferlab.backbones.weights import hub_offline, match_state_dict, packaged_weights_path, read_state_dict
+from transferlab.backbones.weights import (
+    hub_offline,
+    match_state_dict,
+    packaged_weights_path,
+    read_state_dict,
+)
 from transferlab.errors import TransferlabError
 
 

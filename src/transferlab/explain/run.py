@@ -9,7 +9,12 @@ from pathlib import Path
 import torch
 
 from transferlab.data.images import ImageDecodeError
-from transferlab.explain.cam import CAM_METHODS, class_activation_maps, save_overlay, target_layer
+from transferlab.explain.cam import (
+    CAM_METHODS,
+    class_activation_maps,
+    save_overlay,
+    target_layer,
+)
 from transferlab.features.extract import FeatureExtractor, preprocess
 from transferlab.network import build_probe_network
 from transferlab.predict import load_probe_parts

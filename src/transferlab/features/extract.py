@@ -68,7 +68,7 @@ def preprocess(path: Path, resolution: int, interpolation: str = "bicubic") -> t
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-class _ImageList(Dataset):
+class ImageList(Dataset):
     def __init__(self, paths: list[Path], resolution: int, interpolation: str):
         self.paths, self.resolution, self.interpolation = paths, resolution, interpolation
 
@@ -82,7 +82,7 @@ class _ImageList(Dataset):
             return torch.zeros(3, self.resolution, self.resolution, dtype=torch.uint8), index, str(exc)
 
 
-def _collate(items):
+def collate_images(items):
     images, indices, errors = zip(*items)
     return torch.stack(images), list(indices), list(errors)
 
@@ -244,10 +244,10 @@ def _extract_missing(
     todo_paths = [paths[todo[d]] for d in digests]
     settings = extractor.settings
     loader = DataLoader(
-        _ImageList(todo_paths, settings.resolution, extractor.backbone.interpolation),
+        ImageList(todo_paths, settings.resolution, extractor.backbone.interpolation),
         batch_size=settings.batch_size,
         num_workers=settings.workers,
-        collate_fn=_collate,
+        collate_fn=collate_images,
         persistent_workers=False,
     )
     pending_digests: list[str] = []
