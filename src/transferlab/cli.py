@@ -109,9 +109,64 @@ def probe(
     _print_probe_result(run_probe(config))
 
 
+@app.command()
+def finetune(
+    data: Annotated[Optional[Path], typer.Argument(help="Image folder, one subfolder per class (not needed with --resume).")] = None,
+    recipe: Annotated[Optional[Path], typer.Option(help="YAML recipe; the flags below override it.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a killed run from its last checkpoint.")] = None,
+    test: Annotated[Optional[Path], typer.Option(help="Separate test folder with the same class subfolders.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone name (see `transferlab backbones`).")] = None,
+    stages: Annotated[Optional[str], typer.Option(help="Stage preset: head-only, fine_tune, three-step, from-block:K, gradual:N.")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="none, light, classic, randaugment, trivialaugment.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Input size in px; default: chosen from the images.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    tta: Annotated[Optional[bool], typer.Option(help="Average predictions with the horizontally flipped image.")] = None,
+    processes: Annotated[Optional[int], typer.Option(help="Train with N processes (Lightning DDP, gloo on CPU).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for split, augmentation and initialisation.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="CSV with columns class,f1 to compare per class against.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data>-<backbone>-finetune).")] = None,
+    mlflow: Annotated[Optional[str], typer.Option(help="Also log to this MLflow tracking URI.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Fine-tune a backbone with a configurable head and staged unfreezing; same report as the probe.
+
+    The resolved recipe is saved as the run's config.yaml and can be re-run with --recipe.
+    """
+    from transferlab.finetune.recipe import load_recipe
+    from transferlab.finetune.train import FinetuneConfig, resume_config, run_finetune
+
+    if resume is not None:
+        if any(v is not None for v in (recipe, stages, augment, resolution, precision, batch_size, tta, seed)):
+            raise TransferlabError("--resume continues a run with its own recipe; drop the recipe options")
+        config = resume_config(resume, data=str(data) if data else None, backbone=backbone, progress=not quiet)
+        _print_finetune_result(run_finetune(config, resume=True))
+        return
+    if data is None:
+        raise TransferlabError("give an image folder (or --resume RUN)")
+    overrides = {"backbone": backbone, "stages": stages, "augment": augment, "resolution": resolution,
+                 "precision": precision, "batch_size": batch_size, "tta": tta, "processes": processes, "seed": seed}
+    resolved = load_recipe(recipe, overrides)
+    run_dir = out or Path("runs") / f"{Path(data).resolve().name}-{resolved.backbone}-finetune"
+    config = FinetuneConfig(data=str(data), out=str(run_dir), recipe=resolved, test=str(test) if test else None,
+                            baseline=str(baseline) if baseline else None, mlflow_uri=mlflow, progress=not quiet)
+    _print_finetune_result(run_finetune(config))
+
+
+def _print_finetune_result(result) -> None:
+    for stage in result.metrics["stages"]:
+        console.print(f"stage {stage['index']} ({stage['train']}): {stage['epochs_run']} epochs, "
+                      f"best val acc {stage['best_val_acc']:.4f}, {stage['seconds']:.0f}s", highlight=False)
+    _print_result(result, ("backbone", "method", "best stage", "resolution", "precision", "images"))
+
+
 def _print_probe_result(result) -> None:
+    _print_result(result, ("backbone", "classifier", "layers", "resolution", "precision", "images", "features"))
+
+
+def _print_result(result, keys: tuple[str, ...]) -> None:
     summary, metrics = result.summary, result.metrics
-    for key in ("backbone", "classifier", "layers", "resolution", "precision", "images", "features"):
+    for key in keys:
         console.print(f"[bold]{key}[/bold]: {summary[key]}", highlight=False)
     for split in ("val", "test"):
         if split not in metrics:
@@ -147,11 +202,11 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ):
     """Classify images with a trained run; prints the top-k classes with probabilities."""
-    from transferlab.predict import ProbePredictor
+    from transferlab.predict import load_predictor
 
     if top_k < 1:
         raise TransferlabError(f"--top-k must be at least 1, got {top_k}")
-    predictor = ProbePredictor(run)
+    predictor = load_predictor(run)
     failed = 0
     for result in predictor.predict_paths(images, top_k=top_k):
         if result.error:

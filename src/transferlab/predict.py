@@ -60,16 +60,19 @@ def load_probe_parts(run_path: str | Path) -> ProbeParts:
     return ProbeParts(meta, backbone, settings, classifier, meta["classes"])
 
 
-class ProbePredictor:
-    """Backbone + classifier of a probe run, loaded once, for any number of images."""
+class Predictor:
+    """A finished run's model, loaded once: uint8 image batches -> class probabilities.
 
-    def __init__(self, run_path: str | Path):
-        parts = load_probe_parts(run_path)
-        self.meta = parts.meta
-        self.classes = parts.classes
-        self.settings = parts.settings
-        self.extractor = FeatureExtractor(parts.backbone, parts.settings)
-        self.classifier = parts.classifier
+    Subclasses set `meta`, `classes`, `resolution`, `interpolation` and implement `predict_tensor`.
+    """
+
+    meta: dict
+    classes: list[str]
+    resolution: int
+    interpolation: str
+
+    def predict_tensor(self, images_uint8: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
 
     def predict_paths(self, paths: list[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
         results: list[Prediction] = []
@@ -78,7 +81,7 @@ class ProbePredictor:
             images, ok_paths = [], []
             for path in chunk:
                 try:
-                    images.append(preprocess(path, self.settings.resolution, self.extractor.backbone.interpolation))
+                    images.append(preprocess(path, self.resolution, self.interpolation))
                     ok_paths.append(path)
                 except ImageDecodeError as exc:
                     results.append(Prediction(path, [], f"{path}: {exc}"))
@@ -88,7 +91,25 @@ class ProbePredictor:
         order = {str(Path(p)): i for i, p in enumerate(paths)}
         return sorted(results, key=lambda r: order.get(str(r.path), 0))
 
-    def predict_tensor(self, images_uint8) -> np.ndarray:
+    def _top(self, path: Path, row: np.ndarray, top_k: int) -> Prediction:
+        best = np.argsort(-row)[:top_k]
+        return Prediction(path, [(self.classes[i], float(row[i])) for i in best])
+
+
+class ProbePredictor(Predictor):
+    """Backbone + classifier of a probe run."""
+
+    def __init__(self, run_path: str | Path):
+        parts = load_probe_parts(run_path)
+        self.meta = parts.meta
+        self.classes = parts.classes
+        self.settings = parts.settings
+        self.resolution = parts.settings.resolution
+        self.interpolation = parts.backbone.interpolation
+        self.extractor = FeatureExtractor(parts.backbone, parts.settings)
+        self.classifier = parts.classifier
+
+    def predict_tensor(self, images_uint8: torch.Tensor) -> np.ndarray:
         """(B, 3, R, R) uint8 -> (B, n_classes) probabilities."""
         features = self.extractor(images_uint8)
         known = self.classifier.predict_proba(features)
@@ -96,6 +117,19 @@ class ProbePredictor:
         full[:, self.classifier.classes_] = known
         return full
 
-    def _top(self, path: Path, row: np.ndarray, top_k: int) -> Prediction:
-        best = np.argsort(-row)[:top_k]
-        return Prediction(path, [(self.classes[i], float(row[i])) for i in best])
+
+def read_model_meta(run_path: str | Path) -> dict:
+    run = load_complete_run(run_path)
+    return json.loads((run.model_dir / "model.json").read_text(encoding="utf-8"))
+
+
+def load_predictor(run_path: str | Path) -> Predictor:
+    """The right predictor for a run folder, whatever kind of run made it."""
+    kind = read_model_meta(run_path).get("kind")
+    if kind == "probe":
+        return ProbePredictor(run_path)
+    if kind == "finetune":
+        from transferlab.finetune.predictor import FinetunePredictor
+
+        return FinetunePredictor(run_path)
+    raise TransferlabError(f"{run_path}: unknown model kind '{kind}' in model/model.json")

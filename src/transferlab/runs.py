@@ -31,7 +31,7 @@ from transferlab.errors import TransferlabError
 ARTIFACTS = (
     "run.json", "config.yaml", "split.json", "metrics.json", "predictions.csv", "skipped.csv",
     "classification_report_val.txt", "classification_report_test.txt",
-    "baseline.txt", "report.html", "model", "plots",
+    "baseline.txt", "report.html", "model", "plots", "checkpoints", "logs", "finetune_state.json",
 )
 
 

@@ -59,6 +59,9 @@ def class_activation_maps(
     if method not in CAM_METHODS:
         raise TransferlabError(f"unknown CAM method '{method}': choose from {', '.join(CAM_METHODS)}")
     network = network.eval().float()
+    # A network whose parameters were frozen for training still needs gradients to flow
+    # back to the target layer's activations.
+    network.requires_grad_(True)
     x = normalise(images_uint8).float()
     with torch.no_grad():
         probabilities = torch.softmax(network(x), dim=1)

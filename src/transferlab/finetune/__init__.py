@@ -1,0 +1,1 @@
+"""Fine-tuning: backbone + configurable head, staged unfreezing, augmentation, exact resume."""

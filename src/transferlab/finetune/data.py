@@ -1,0 +1,128 @@
+"""Training data held in memory: decoded once, augmented per draw, optionally pushed
+through the frozen lower units once per draw.
+
+For a 2-core CPU the decode is paid once per run (not once per epoch), and a stage whose
+lower units are frozen trains on cached activations, so an epoch costs only the trained
+upper units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from transferlab.data.folder import Sample
+from transferlab.features.extract import ImageList, collate_images
+
+# Above this, activations are not cached and the stage runs on images instead.
+MAX_CACHE_BYTES = 6 * 1024**3
+
+
+@dataclass
+class ImageStore:
+    images: torch.Tensor  # (N, 3, R, R) uint8
+    labels: torch.Tensor  # (N,) int64
+    paths: list[Path]
+    failures: list[tuple[Path, str]]
+
+
+def load_images(samples: list[Sample], resolution: int, interpolation: str, workers: int,
+                progress: bool, desc: str) -> ImageStore:
+    loader = DataLoader(ImageList([s.path for s in samples], resolution, interpolation), batch_size=64,
+                        num_workers=workers, collate_fn=collate_images)
+    images, labels, paths, failures = [], [], [], []
+    for batch, indices, errors in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        for image, index, error in zip(batch, indices, errors):
+            if error:
+                failures.append((samples[index].path, error))
+            else:
+                images.append(image)
+                labels.append(samples[index].label)
+                paths.append(samples[index].path)
+    stacked = torch.stack(images) if images else torch.zeros((0, 3, resolution, resolution), dtype=torch.uint8)
+    return ImageStore(stacked, torch.tensor(labels, dtype=torch.int64), paths, failures)
+
+
+class AugmentedImages(Dataset):
+    """Augments on the fly (used when the stage trains from the first unit)."""
+
+    def __init__(self, store: ImageStore, augmentation):
+        self.store, self.augmentation = store, augmentation
+
+    def __len__(self) -> int:
+        return len(self.store.labels)
+
+    def __getitem__(self, index: int):
+        return self.augmentation(self.store.images[index]), self.store.labels[index]
+
+
+@torch.inference_mode()
+def cached_activations(net, store: ImageStore, level: int, augmentation, draw_seed: int | None,
+                       precision: str, batch_size: int = 128, progress: bool = False,
+                       desc: str = "caching") -> torch.Tensor:
+    """Output of units [0, level) for every image, under one seeded augmentation draw.
+
+    Stored in bf16 (half the memory of fp32); the trained units see it cast back to fp32.
+    """
+    if draw_seed is not None:
+        torch.manual_seed(draw_seed)
+    net.eval()
+    chunks = []
+    for start in tqdm(range(0, len(store.labels), batch_size), desc=desc, unit="batch", disable=not progress,
+                      leave=False):
+        images = store.images[start:start + batch_size]
+        if augmentation is not None:
+            images = torch.stack([augmentation(image) for image in images])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            chunks.append(net.forward_units(images, 0, level).to(torch.bfloat16))
+    return torch.cat(chunks)
+
+
+def activation_bytes(net, store: ImageStore, level: int, draws: int) -> int:
+    with torch.inference_mode():
+        one = net.eval().forward_units(store.images[:1], 0, level)
+    return one.numel() * 2 * len(store.labels) * draws
+
+
+class DrawDataset(Dataset):
+    """Cached activations of several augmentation draws; `epoch` picks the draw."""
+
+    def __init__(self, draws: list[torch.Tensor], labels: torch.Tensor):
+        self.draws, self.labels, self.epoch = draws, labels, 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.draws[self.epoch % len(self.draws)][index], self.labels[index]
+
+
+def tensor_loader(tensors: torch.Tensor, labels: torch.Tensor, batch_size: int) -> DataLoader:
+    return DataLoader(TensorDataset(tensors, labels), batch_size=batch_size, shuffle=False)
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """Shuffles (or draws by class weight) from a seed fixed per epoch.
+
+    Lightning calls `set_epoch` before every epoch, so a run resumed at epoch k draws the
+    same order as the uninterrupted run did: no RNG state has to survive a kill.
+    """
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+        self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is None:
+            return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=generator).tolist())

@@ -1,0 +1,123 @@
+"""One unfreezing stage as a LightningModule: which groups train, at which rates."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transferlab.finetune.augment import mix_batch
+from transferlab.finetune.network import FinetuneNet
+from transferlab.finetune.recipe import Recipe, Stage
+
+
+def epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
+    """Every epoch's randomness derives from (seed, stage, epoch), so a resumed run redraws
+    exactly what the uninterrupted run drew."""
+    return seed * 1_000_003 + stage_index * 10_007 + epoch
+
+
+class StageModule(L.LightningModule):
+    def __init__(self, net: FinetuneNet, recipe: Recipe, stage: Stage, stage_index: int,
+                 trainable: list[str], level: int, class_weights: torch.Tensor | None):
+        super().__init__()
+        self.net = net
+        self.recipe, self.stage, self.stage_index = recipe, stage, stage_index
+        self.trainable, self.level = trainable, level
+        self.class_weights = class_weights
+        self.n_classes = net.head.classifier.out_features
+        self._freeze()
+
+    def _freeze(self) -> None:
+        names = {name for group in self.trainable if group != "head" for name in self.net.group_params[group]}
+        for name, parameter in self.net.backbone.named_parameters():
+            parameter.requires_grad_(name in names)
+        for parameter in self.net.head.parameters():
+            parameter.requires_grad_("head" in self.trainable)
+
+    def _set_modes(self) -> None:
+        """Frozen parts, and with bn: frozen every backbone BatchNorm, run in eval mode."""
+        self.net.train()
+        trained = {p.rsplit(".", 1)[0] for g in self.trainable if g != "head" for p in self.net.group_params[g]}
+
+        def is_trained(name: str) -> bool:
+            return any(t == name or t.startswith(name + ".") or name.startswith(t + ".") for t in trained)
+
+        for name, module in self.net.backbone.named_modules():
+            if not name:
+                continue
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if self.stage.bn == "frozen" or not is_trained(name):
+                    module.eval()
+            elif not any(True for _ in module.children()):
+                owner = name if any(True for _ in module.parameters(recurse=False)) else name.rpartition(".")[0]
+                if not is_trained(owner):
+                    module.eval()
+
+    def on_train_epoch_start(self) -> None:
+        torch.manual_seed(epoch_seed(self.recipe.seed, self.stage_index, self.current_epoch))
+        dataset = self.trainer.train_dataloader.dataset
+        if hasattr(dataset, "epoch"):
+            dataset.epoch = self.current_epoch
+        self._set_modes()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return self.net(x, self.level)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=self.recipe.label_smoothing)
+
+    def training_step(self, batch, batch_index):
+        x, y = batch
+        hard = y
+        if self.level == 0 and (self.recipe.mixup > 0 or self.recipe.cutmix > 0):
+            x, y = mix_batch(self.net.normalise(x), y, self.n_classes, self.recipe.mixup, self.recipe.cutmix)
+        logits = self(x)
+        loss = self._loss(logits, y) + self.net.head.penalty()
+        accuracy = (logits.argmax(dim=1) == hard).float().mean()
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train_acc", accuracy, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_index):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits.float(), y), prog_bar=True, on_epoch=True)
+        self.log("val_acc", (logits.argmax(dim=1) == y).float().mean(), prog_bar=True, on_epoch=True)
+
+    def configure_optimizers(self):
+        groups = self._parameter_groups()
+        if self.recipe.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=self.recipe.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, weight_decay=self.recipe.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = self.stage.schedule
+        if schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
+                                                            total_steps=total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=1)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+        return optimizer
+
+    def _parameter_groups(self) -> list[dict]:
+        """Head at head_lr; trained backbone groups at lr, decayed per group going down."""
+        stage = self.stage
+        groups = []
+        if "head" in self.trainable:
+            groups.append({"params": list(self.net.head.parameters()), "lr": stage.head_lr or stage.lr, "name": "head"})
+        backbone_trained = [g for g in self.net.group_params if g in self.trainable]
+        parameters = dict(self.net.backbone.named_parameters())
+        for depth, group in enumerate(reversed(backbone_trained)):
+            lr = stage.lr * (stage.layer_decay ** depth if stage.layer_decay else 1.0)
+            groups.append({"params": [parameters[n] for n in self.net.group_params[group]], "lr": lr, "name": group})
+        return groups

@@ -1,0 +1,365 @@
+"""`run_finetune`: staged fine-tuning with Lightning, exact resume, and the shared report.
+
+Each stage is one Lightning `Trainer.fit` with its own optimizer, schedule, early stopping
+and checkpoints (`checkpoints/stageK/{best,last}.ckpt`). `finetune_state.json` records
+finished stages; a killed run resumes from the last checkpoint of the stage it was in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from transferlab.atomic import write_json
+from transferlab.backbones import create_backbone
+from transferlab.data.folder import scan_folder
+from transferlab.data.split import save_split, stratified_split
+from transferlab.errors import TransferlabError
+from transferlab.evaluation import CamSource, SplitPredictions, evaluate_run
+from transferlab.explain.cam import target_layer
+from transferlab.features.extract import default_workers
+from transferlab.features.resolution import choose_resolution
+from transferlab.finetune.augment import build_augmentation
+from transferlab.finetune.curves import plot_training_curves
+from transferlab.finetune.data import (
+    MAX_CACHE_BYTES,
+    AugmentedImages,
+    DrawDataset,
+    EpochSeededSampler,
+    ImageStore,
+    activation_bytes,
+    cached_activations,
+    load_images,
+    tensor_loader,
+)
+from transferlab.finetune.groups import expand_group_spec
+from transferlab.finetune.lit import StageModule, epoch_seed
+from transferlab.finetune.network import FinetuneNet
+from transferlab.finetune.recipe import Recipe, Stage, recipe_to_dict, resolve_stages
+from transferlab.precision import resolve_precision
+from transferlab.report.baseline import load_baseline
+from transferlab.report.html import render_report
+from transferlab.runs import RunDir
+
+STATE_FILE = "finetune_state.json"
+
+
+@dataclass
+class FinetuneConfig:
+    data: str
+    out: str
+    recipe: Recipe
+    test: str | None = None
+    baseline: str | None = None
+    workers: int = dataclasses.field(default_factory=default_workers)
+    error_grid: int = 12
+    mlflow_uri: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    metrics: dict
+    summary: dict
+    warnings: list[str]
+    baseline_table: str | None
+
+
+def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult:
+    started = time.perf_counter()
+    recipe = config.recipe
+    if config.baseline is not None and not Path(config.baseline).is_file():
+        raise TransferlabError(f"{config.baseline}: baseline CSV not found")
+    baseline = load_baseline(config.baseline) if config.baseline else None
+    scan = scan_folder(config.data)
+    split = stratified_split(scan, recipe.val_fraction, recipe.seed, recipe.per_class)
+    test_scan = scan_folder(config.test, classes=scan.classes) if config.test else None
+    backbone = create_backbone(recipe.backbone, recipe.weights)
+    resolution = recipe.resolution or choose_resolution([s.path for s in split.train], backbone.native_size)[0]
+    precision = resolve_precision(recipe.precision)
+    net = FinetuneNet(backbone.model, len(scan.classes), recipe.head, backbone.mean, backbone.std)
+    stages = resolve_stages(recipe, list(net.group_params))
+    all_groups = list(net.group_params) + ["head"]
+    trainables = [expand_group_spec(stage.train, all_groups) for stage in stages]  # fails before training
+
+    run = RunDir(config.out)
+    fingerprint = _fingerprint(config, split, scan.classes)
+    state = _open_state(run, fingerprint, resume)
+    resolved = recipe_to_dict(recipe, stages)
+    resolved["resolution"] = resolution
+    run.write_config(resolved)
+    save_split(split, run.path / "split.json", scan.root)
+
+    torch.manual_seed(recipe.seed)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    train_store = load_images(split.train, resolution, backbone.interpolation, config.workers, config.progress,
+                              "decoding train")
+    val_store = load_images(split.val, resolution, backbone.interpolation, config.workers, config.progress,
+                            "decoding val")
+    timings["decode"] = round(time.perf_counter() - t0, 3)
+    augmentation = build_augmentation(recipe.augment, resolution)
+    class_weights = _class_weights(train_store, len(scan.classes)) if recipe.balance == "weights" else None
+
+    for index, (stage, trainable) in enumerate(zip(stages, trainables)):
+        if index < len(state["stages"]):
+            continue  # finished before a restart
+        if index > 0:
+            _load_weights(net, state["stages"][index - 1]["best_checkpoint"])
+        t_stage = time.perf_counter()
+        result = _train_stage(run, net, recipe, stage, index, trainable, train_store, val_store, augmentation,
+                              class_weights, precision, config)
+        state["stages"].append({"index": index + 1, "train": stage.train, **result,
+                                "seconds": round(time.perf_counter() - t_stage, 3)})
+        write_json(run.path / STATE_FILE, state)
+    timings["train"] = round(sum(s["seconds"] for s in state["stages"]), 3)
+
+    best = max(state["stages"], key=lambda s: s["best_val_acc"])
+    _load_weights(net, best["best_checkpoint"])
+    net.eval()
+    t0 = time.perf_counter()
+    splits = [SplitPredictions("val", val_store.paths, val_store.labels.numpy(),
+                               predict_probabilities(net, val_store.images, precision, recipe.tta))]
+    failures = train_store.failures + val_store.failures
+    if test_scan is not None:
+        test_store = load_images(test_scan.samples, resolution, backbone.interpolation, config.workers,
+                                 config.progress, "decoding test")
+        failures += test_store.failures
+        splits.append(SplitPredictions("test", test_store.paths, test_store.labels.numpy(),
+                                       predict_probabilities(net, test_store.images, precision, recipe.tta)))
+    skipped = [[str(p), r] for p, r in failures]
+    skipped += [[str(s.path), s.reason] for sc in (scan, test_scan) if sc for s in sc.skipped]
+    run.write_csv("skipped.csv", ["path", "reason"], skipped)
+    net_float = net.float()
+    cam = CamSource(net_float, target_layer(net.backbone), net.normalise, resolution, backbone.interpolation)
+    evaluation = evaluate_run(run, scan.classes, splits, title=f"{recipe.backbone} fine-tuned", baseline=baseline,
+                              baseline_name=config.baseline or "", cam=cam, error_grid=config.error_grid)
+    timings["evaluate"] = round(time.perf_counter() - t0, 3)
+    plot_training_curves(run.path / "logs", len(stages), run.plots_dir / "training_curves.png")
+    _save_model(run, net, recipe, backbone, scan.classes, resolution, precision)
+
+    warnings_list = split.warnings + evaluation.warnings
+    if skipped:
+        warnings_list.append(f"{len(skipped)} files skipped (listed in {run.path / 'skipped.csv'})")
+    summary = {
+        "data": str(scan.root),
+        **({"test": str(test_scan.root)} if test_scan else {}),
+        "backbone": f"{backbone.name} ({backbone.source} weights)",
+        "method": "fine-tune: " + " -> ".join(s.train for s in stages),
+        "best stage": f"{best['index']} (val acc {best['best_val_acc']:.4f})",
+        "resolution": f"{resolution}px",
+        "precision": precision,
+        "images": {"train": len(train_store.labels), "val": len(val_store.labels)},
+        "skipped": len(skipped),
+        "epochs": sum(s["epochs_run"] for s in state["stages"]),
+    }
+    metrics = evaluation.metrics
+    metrics["stages"] = state["stages"]
+    metrics["timings"] = {**timings, "total": round(time.perf_counter() - started, 3)}
+    metrics["summary"] = summary
+    metrics["warnings"] = warnings_list
+    write_json(run.path / "metrics.json", metrics)
+    render_report(run.path, title=f"transferlab finetune: {scan.root.name}", summary=summary,
+                  sections=evaluation.sections)
+    run.finish("finetune")
+    return FinetuneResult(run.path, metrics, summary, warnings_list, evaluation.baseline_table)
+
+
+def _fingerprint(config: FinetuneConfig, split, classes: list[str]) -> dict:
+    """What a resumed run must share with the original: backbone, data, split, recipe."""
+    return json.loads(json.dumps({
+        "data": str(Path(config.data).resolve()),
+        "test": str(Path(config.test).resolve()) if config.test else None,
+        "baseline": str(Path(config.baseline).resolve()) if config.baseline else None,
+        "classes": classes,
+        "files": len(split.train) + len(split.val),
+        "recipe": recipe_to_dict(config.recipe, []) | {"stages": config.recipe.stages},
+    }))
+
+
+def _open_state(run: RunDir, fingerprint: dict, resume: bool) -> dict:
+    state_path = run.path / STATE_FILE
+    if not resume:
+        run.start("finetune")
+        state = {"fingerprint": fingerprint, "stages": []}
+        write_json(state_path, state)
+        return state
+    if not state_path.is_file():
+        raise TransferlabError(f"{run.path}: nothing to resume (no {STATE_FILE})")
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    old = state.get("fingerprint", {})
+    for key, what in (("data", "dataset"), ("classes", "class list"), ("files", "number of images")):
+        if old.get(key) != fingerprint[key]:
+            raise TransferlabError(f"{run.path}: resume points at a run of another {what} "
+                                   f"({old.get(key)!r} there, {fingerprint[key]!r} now)")
+    if old.get("recipe", {}).get("backbone") != fingerprint["recipe"]["backbone"]:
+        raise TransferlabError(f"{run.path}: resume points at a run of backbone "
+                               f"'{old.get('recipe', {}).get('backbone')}', not '{fingerprint['recipe']['backbone']}'")
+    if old.get("recipe") != fingerprint["recipe"]:
+        raise TransferlabError(f"{run.path}: the recipe differs from the run's; resume without changing it")
+    write_json(run.path / "run.json", {"kind": "finetune", "status": "running", "resumed": time.strftime("%FT%T")})
+    run._started = time.time()
+    return state
+
+
+def _class_weights(store: ImageStore, n_classes: int) -> torch.Tensor:
+    counts = torch.bincount(store.labels, minlength=n_classes).float().clamp(min=1)
+    return counts.sum() / (n_classes * counts)
+
+
+def _level(net: FinetuneNet, trainable: list[str]) -> int:
+    """The first unit that trains: everything below it is frozen and can be cached."""
+    for index, groups in enumerate(net.unit_groups()):
+        if any(g in trainable for g in groups):
+            return index
+    return net.n_units
+
+
+def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, index: int, trainable: list[str],
+                 train_store: ImageStore, val_store: ImageStore, augmentation, class_weights, precision: str,
+                 config: FinetuneConfig) -> dict:
+    level = _level(net, trainable)
+    draws = min(recipe.augment_draws, stage.epochs)
+    if level > 0 and activation_bytes(net, train_store, level, draws + 1) > MAX_CACHE_BYTES:
+        level = 0  # too big to cache: run the frozen units every step instead
+    train_loader, val_loader = _loaders(net, recipe, stage, index, level, draws, train_store, val_store,
+                                        augmentation, precision, config.progress)
+    module = StageModule(net, recipe, stage, index, trainable, level, class_weights)
+    checkpoint_dir = run.path / "checkpoints" / f"stage{index + 1}"
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max",
+                                 save_last=True, save_top_k=1)
+    loggers = [CSVLogger(run.path / "logs", name=f"stage{index + 1}", version=0)]
+    if config.mlflow_uri:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(experiment_name="transferlab", tracking_uri=config.mlflow_uri))
+    _quiet_lightning()
+    trainer = L.Trainer(
+        max_epochs=stage.epochs,
+        accelerator="cpu",
+        devices=recipe.processes,
+        strategy="ddp_spawn" if recipe.processes > 1 else "auto",
+        precision="bf16-mixed" if precision == "bf16" else "32-true",
+        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=stage.patience), checkpoint],
+        logger=loggers,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        deterministic=False,
+    )
+    last = checkpoint_dir / "last.ckpt"
+    with warnings.catch_warnings():
+        # Expected here: frozen units sit in eval mode, data is in memory (no workers needed).
+        for message in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*",
+                        ".*smaller than the logging interval.*", ".*LeafSpec.*", ".*ModelCheckpoint.*"):
+            warnings.filterwarnings("ignore", message)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.exists() else None)
+    best_path = checkpoint.best_model_path or str(last)
+    return {
+        "level": level,
+        "epochs_run": trainer.current_epoch,
+        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else 0.0,
+        "best_checkpoint": str(Path(best_path).resolve()),
+    }
+
+
+def _quiet_lightning() -> None:
+    """Lightning's banners (GPU/TPU availability, tips) say nothing useful on a CPU run."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _loaders(net, recipe, stage, index, level, draws, train_store, val_store, augmentation, precision, progress):
+    weights = None
+    if recipe.balance == "sampler":
+        counts = torch.bincount(train_store.labels).float().clamp(min=1)
+        weights = (1.0 / counts)[train_store.labels]
+    if level == 0:
+        train = AugmentedImages(train_store, augmentation)
+        val = val_store.images
+    else:
+        cached = [
+            cached_activations(net, train_store, level, augmentation, epoch_seed(recipe.seed, index, 10_000 + d),
+                               precision, progress=progress, desc=f"stage {index + 1}: frozen units, draw {d + 1}")
+            for d in range(draws)
+        ]
+        train = DrawDataset(cached, train_store.labels)
+        val = cached_activations(net, val_store, level, None, None, precision)
+    sampler = EpochSeededSampler(len(train), epoch_seed(recipe.seed, index, 0), weights)
+    train_loader = DataLoader(train, batch_size=recipe.batch_size, sampler=sampler,
+                              drop_last=len(train) > recipe.batch_size)
+    return train_loader, tensor_loader(val, val_store.labels, max(recipe.batch_size, 128))
+
+
+def _load_weights(net: FinetuneNet, checkpoint_path: str) -> None:
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()}
+    net.load_state_dict(state)
+
+
+@torch.inference_mode()
+def predict_probabilities(net: FinetuneNet, images: torch.Tensor, precision: str, tta: bool,
+                          batch_size: int = 128) -> np.ndarray:
+    net.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            probabilities = torch.softmax(net(batch).float(), dim=1)
+            if tta:  # horizontal-flip test-time augmentation
+                probabilities = (probabilities + torch.softmax(net(batch.flip(-1)).float(), dim=1)) / 2
+        out.append(probabilities.float())
+    return torch.cat(out).numpy() if out else np.zeros((0, net.head.classifier.out_features))
+
+
+def _save_model(run: RunDir, net: FinetuneNet, recipe: Recipe, backbone, classes, resolution, precision) -> None:
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    tmp = run.model_dir / ".network.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(run.model_dir / "network.safetensors")
+    write_json(run.model_dir / "model.json", {
+        "kind": "finetune",
+        "classes": classes,
+        "backbone": recipe.backbone,
+        "weights_source": backbone.source,
+        "head": recipe.head,
+        "resolution": resolution,
+        "precision": precision,
+        "tta": recipe.tta,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "interpolation": backbone.interpolation,
+    })
+
+
+def resume_config(run_path: str | Path, data: str | None = None, backbone: str | None = None,
+                  progress: bool = True) -> FinetuneConfig:
+    """The configuration of a killed run, checked against what the user passes now."""
+    state_path = Path(run_path) / STATE_FILE
+    if not state_path.is_file():
+        raise TransferlabError(f"{run_path}: nothing to resume (no {STATE_FILE}); is it a fine-tune run?")
+    saved = json.loads(state_path.read_text(encoding="utf-8"))["fingerprint"]
+    if data is not None and str(Path(data).resolve()) != saved["data"]:
+        raise TransferlabError(f"{run_path}: resume points at a run of another dataset ({saved['data']}, not {data})")
+    if backbone is not None and backbone != saved["recipe"]["backbone"]:
+        raise TransferlabError(f"{run_path}: resume points at a run of backbone '{saved['recipe']['backbone']}', "
+                               f"not '{backbone}'")
+    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+    recipe = Recipe(**{k: v for k, v in saved["recipe"].items() if k in recipe_fields})
+    return FinetuneConfig(data=saved["data"], out=str(run_path), recipe=recipe, test=saved.get("test"),
+                          baseline=saved.get("baseline"), progress=progress)
