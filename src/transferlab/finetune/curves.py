@@ -20,7 +20,7 @@ def read_epoch_metrics(logs_dir: Path, n_stages: int) -> list[dict]:
             for record in csv.DictReader(handle):
                 epoch = int(float(record.get("epoch") or 0))
                 entry = per_epoch.setdefault(epoch, {"stage": stage})
-                for key in ("train_loss_epoch", "train_acc", "val_loss", "val_acc"):
+                for key in ("train_loss_epoch", "train_acc", "val_loss", "val_acc", "elapsed_s"):
                     if record.get(key):
                         entry[key] = float(record[key])
         rows.extend(per_epoch[e] for e in sorted(per_epoch))

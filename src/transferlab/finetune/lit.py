@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,10 @@ def epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
 
 class StageModule(L.LightningModule):
     def __init__(self, net: FinetuneNet, recipe: Recipe, stage: Stage, stage_index: int,
-                 trainable: list[str], level: int, class_weights: torch.Tensor | None):
+                 trainable: list[str], level: int, class_weights: torch.Tensor | None,
+                 time_origin: float | None = None):
         super().__init__()
+        self.time_origin = time_origin if time_origin is not None else time.time()
         self.net = net
         self.recipe, self.stage, self.stage_index = recipe, stage, stage_index
         self.trainable, self.level = trainable, level
@@ -88,6 +92,10 @@ class StageModule(L.LightningModule):
         logits = self(x)
         self.log("val_loss", F.cross_entropy(logits.float(), y), prog_bar=True, on_epoch=True)
         self.log("val_acc", (logits.argmax(dim=1) == y).float().mean(), prog_bar=True, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # Wall time since the run started: accuracy-over-time curves for benchmarks.
+        self.log("elapsed_s", float(time.time() - self.time_origin))
 
     def configure_optimizers(self):
         groups = self._parameter_groups()

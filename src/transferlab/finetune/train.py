@@ -81,6 +81,7 @@ class FinetuneResult:
 
 def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult:
     started = time.perf_counter()
+    wall_origin = time.time()
     recipe = config.recipe
     if config.baseline is not None and not Path(config.baseline).is_file():
         raise TransferlabError(f"{config.baseline}: baseline CSV not found")
@@ -122,7 +123,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult
             _load_weights(net, state["stages"][index - 1]["best_checkpoint"])
         t_stage = time.perf_counter()
         result = _train_stage(run, net, recipe, stage, index, trainable, train_store, val_store, augmentation,
-                              class_weights, precision, config)
+                              class_weights, precision, config, wall_origin)
         state["stages"].append({"index": index + 1, "train": stage.train, **result,
                                 "seconds": round(time.perf_counter() - t_stage, 3)})
         write_json(run.path / STATE_FILE, state)
@@ -231,14 +232,14 @@ def _level(net: FinetuneNet, trainable: list[str]) -> int:
 
 def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, index: int, trainable: list[str],
                  train_store: ImageStore, val_store: ImageStore, augmentation, class_weights, precision: str,
-                 config: FinetuneConfig) -> dict:
+                 config: FinetuneConfig, wall_origin: float) -> dict:
     level = _level(net, trainable)
     draws = min(recipe.augment_draws, stage.epochs)
     if level > 0 and activation_bytes(net, train_store, level, draws + 1) > MAX_CACHE_BYTES:
         level = 0  # too big to cache: run the frozen units every step instead
     train_loader, val_loader = _loaders(net, recipe, stage, index, level, draws, train_store, val_store,
                                         augmentation, precision, config.progress)
-    module = StageModule(net, recipe, stage, index, trainable, level, class_weights)
+    module = StageModule(net, recipe, stage, index, trainable, level, class_weights, wall_origin)
     checkpoint_dir = run.path / "checkpoints" / f"stage{index + 1}"
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max",
                                  save_last=True, save_top_k=1)
