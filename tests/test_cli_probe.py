@@ -238,6 +238,6 @@ def test_doctor_command_reports_label_conflict(image_folder):
 
 
 def test_every_command_has_help():
-    for command in ("backbones", "doctor", "probe", "predict", "explain", "demo"):
+    for command in ("backbones", "doctor", "probe", "finetune", "predict", "explain", "serve", "export", "demo"):
         code, output = invoke(command, "--help")
         assert code == 0 and "Usage" in output

@@ -130,6 +130,16 @@ def test_three_step_runs_end_to_end(tmp_path, data):
     # The saved recipe re-runs as it is.
     rerun = load_recipe(out / "config.yaml")
     assert rerun.head == recipe.head and isinstance(rerun.stages, list) and len(rerun.stages) == 3
+    # A fine-tuned run exports to ONNX with its parity check, and both engines serve it alike.
+    from transferlab.export import export_run
+    from transferlab.serve.engines import OnnxEngine, TorchEngine
+
+    assert export_run(out, "onnx").is_file()
+    assert json.loads((out / "model" / "export.json").read_text())["onnx"]["max_abs_diff"] <= 1e-4
+    batch = torch.randint(0, 255, (3, 3, 48, 48), dtype=torch.uint8).numpy()
+    torch_probabilities = TorchEngine(out).predict_uint8(batch)
+    onnx_probabilities = OnnxEngine(out).predict_uint8(batch)
+    assert abs(torch_probabilities - onnx_probabilities).max() < 1e-4  # TTA (flip) exported too
 
 
 def test_resume_checks_backbone_and_data(tmp_path, data):

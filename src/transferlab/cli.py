@@ -249,6 +249,42 @@ def explain(
 
 
 @app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (probe or fine-tuned).")],
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (each loads the model once).")] = 1,
+    engine: Annotated[str, typer.Option(help="torch, or onnx (needs `transferlab export RUN --format onnx`).")] = "torch",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 10.0,
+    top_k: Annotated[int, typer.Option(help="Classes returned per image.")] = 3,
+):
+    """Serve a run over HTTP: an upload page at /, POST /predict, /predict/batch, /model, /health, /docs."""
+    from transferlab.serve import serve as serve_run
+    from transferlab.serve.engines import check_engine
+
+    check_engine(run, engine)
+    console.print(f"serving {run} ({engine}) on http://{host}:{port}/", highlight=False)
+    serve_run(run, host=host, port=port, workers=workers, engine=engine,
+              max_upload_bytes=int(max_upload_mb * 1024 * 1024), top_k=top_k)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (probe with a logistic-regression head, or fine-tuned).")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default RUN/model/model.onnx or model.pt).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest allowed difference from PyTorch's probabilities.")] = 1e-4,
+):
+    """Export the whole model (normalised image -> probabilities), checked against PyTorch before it is kept."""
+    from transferlab.export import export_run
+
+    path = export_run(run, format, out, tolerance)
+    record = json.loads((Path(run) / "model" / "export.json").read_text(encoding="utf-8")).get(format, {})
+    console.print(f"{format}: {path} (parity: max abs difference {record.get('max_abs_diff', float('nan')):.2g} "
+                  f"<= {tolerance:g})", highlight=False)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
     data_dir: Annotated[Path, typer.Option(help="Where to lay out the demo image folder (links).")] = Path(".cache/elpv"),

@@ -28,14 +28,22 @@ class ProbeNetwork(nn.Module):
 
 
 class WithSoftmax(nn.Module):
-    """Wraps a logits network so its output is probabilities (what export ships)."""
+    """Wraps a logits network so its output is probabilities (what export ships).
 
-    def __init__(self, network: nn.Module):
+    With `flip_tta` it averages the probabilities of the image and its mirror image, as the
+    run's own predictions do when it was trained with test-time augmentation.
+    """
+
+    def __init__(self, network: nn.Module, flip_tta: bool = False):
         super().__init__()
         self.network = network
+        self.flip_tta = flip_tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.network(x), dim=1)
+        probabilities = torch.softmax(self.network(x), dim=1)
+        if self.flip_tta:
+            probabilities = (probabilities + torch.softmax(self.network(torch.flip(x, dims=[3])), dim=1)) / 2
+        return probabilities
 
 
 def build_probe_network(parts: ProbeParts) -> ProbeNetwork:

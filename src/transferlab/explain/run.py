@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,9 +16,8 @@ from transferlab.explain.cam import (
     save_overlay,
     target_layer,
 )
-from transferlab.features.extract import FeatureExtractor, preprocess
-from transferlab.network import build_probe_network
-from transferlab.predict import load_probe_parts
+from transferlab.features.extract import normalise, preprocess
+from transferlab.run_network import load_run_network
 
 
 @dataclass
@@ -33,13 +33,14 @@ class RunExplainer:
     """Loads a run's network once and explains any number of images."""
 
     def __init__(self, run_dir: str | Path):
-        parts = load_probe_parts(run_dir)
-        self.classes = parts.classes
-        self.resolution = parts.settings.resolution
-        self.interpolation = parts.backbone.interpolation
-        self.normalise = FeatureExtractor(parts.backbone, parts.settings).normalise
-        self.network = build_probe_network(parts)
-        self.layer = target_layer(parts.backbone.model)
+        loaded = load_run_network(run_dir)
+        meta = loaded.meta
+        self.classes = meta["classes"]
+        self.resolution = meta["resolution"]
+        self.interpolation = meta.get("interpolation", "bicubic")
+        self.normalise = partial(normalise, mean=meta["mean"], std=meta["std"])
+        self.network = loaded.network
+        self.layer = target_layer(loaded.timm_model)
 
     def explain(self, images_uint8: torch.Tensor, method: str = "gradcam"):
         return class_activation_maps(self.network, self.layer, images_uint8, self.normalise, method)

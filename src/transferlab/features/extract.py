@@ -68,6 +68,13 @@ def preprocess(path: Path, resolution: int, interpolation: str = "bicubic") -> t
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 (x - 255*mean) / (255*std): the one place this arithmetic lives."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return (images_uint8.float() - mean_t) / std_t
+
+
 class ImageList(Dataset):
     def __init__(self, paths: list[Path], resolution: int, interpolation: str):
         self.paths, self.resolution, self.interpolation = paths, resolution, interpolation
@@ -128,8 +135,6 @@ class FeatureExtractor:
         self.settings = settings
         backbone.model.eval().to(memory_format=torch.channels_last)
         self.network = PooledFeatures(backbone, settings.layers, settings.pool)
-        self.mean = torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0
 
     def cache_key(self) -> dict:
         s = self.settings
@@ -146,7 +151,8 @@ class FeatureExtractor:
         }
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return ((images_uint8.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return normalise(images_uint8, self.backbone.mean, self.backbone.std).contiguous(
+            memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, images_uint8: torch.Tensor) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transferlab.features.extract import normalise
 from transferlab.finetune.groups import backbone_groups
 from transferlab.finetune.head import Head
 
@@ -44,8 +45,7 @@ class FinetuneNet(nn.Module):
         timm_model.reset_classifier(0)
         self.backbone = timm_model
         self.head = Head(timm_model.num_features, n_classes, head_spec)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.mean, self.std = tuple(mean), tuple(std)
         self.units = sequential_units(timm_model)
         self.group_params = backbone_groups(timm_model)
 
@@ -61,7 +61,7 @@ class FinetuneNet(nn.Module):
         return [[name] for name, _ in self.units]
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return ((images_uint8.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return normalise(images_uint8, self.mean, self.std).contiguous(memory_format=torch.channels_last)
 
     def forward_units(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Run units [start, stop); level 0 takes images (uint8, or float already normalised),

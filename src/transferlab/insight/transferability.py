@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import torch
 from timm.layers import SelectAdaptivePool2d
 
@@ -26,10 +27,19 @@ from transferlab.data.folder import scan_folder
 from transferlab.data.split import stratified_split
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import default_cache_root
-from transferlab.features.extract import ExtractionSettings, default_workers, extract_features
+from transferlab.features.extract import (
+    ExtractionSettings,
+    default_workers,
+    extract_features,
+)
 from transferlab.features.layers import DEFAULT_LAYERS, stage_indices
 from transferlab.features.resolution import choose_resolution
-from transferlab.insight.runinfo import RunInfo, find_runs_for_data, read_run, resolve_folder
+from transferlab.insight.runinfo import (
+    RunInfo,
+    find_runs_for_data,
+    read_run,
+    resolve_folder,
+)
 from transferlab.precision import resolve_precision
 
 IMAGENET_CLASSES = 1000
@@ -38,6 +48,8 @@ IMAGENET_CLASSES = 1000
 RANK_LAYERS = DEFAULT_LAYERS
 # Spearman's rho over fewer backbones than this is not computed at all.
 MIN_BACKBONES_FOR_CORRELATION = 3
+# Up to this many backbones the p-value is exact (all n! orderings), not scipy's t approximation.
+EXACT_P_MAX_N = 8
 ESTIMATES = ("logme", "leep", "task_similarity")
 ESTIMATE_LABELS = {"logme": "LogME", "leep": "LEEP", "task_similarity": "ImageNet similarity"}
 
@@ -49,15 +61,19 @@ def _svd(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Left singular vectors and singular values of `features` (n x d), zero values dropped.
 
     With n > d the d x d Gram matrix is decomposed instead, as in the reference code:
-    far cheaper for thousands of images with ~1000-dimensional features.
+    far cheaper for thousands of images with ~1000-dimensional features. The reference
+    calls `svd` on it; the symmetric divide-and-conquer eigensolver gives the same
+    decomposition of a positive semi-definite matrix about 3x faster (Gram of 1280-dim
+    EfficientNet features, best of 3 on 2 shared cores: svd 4.1 s, eigh "evd" 1.3 s).
     """
     n, d = features.shape
     if n > d:
-        _, eigenvalues, vh = np.linalg.svd(features.T @ features)
-        singular = np.sqrt(eigenvalues)
+        eigenvalues, vectors = scipy.linalg.eigh(features.T @ features, driver="evd")
+        order = np.argsort(eigenvalues)[::-1]  # descending, like svd
+        singular = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
         rank = int(np.sum(singular > 1e-10))
-        singular, vh = singular[:rank], vh[:rank]
-        u = (features @ vh.T) / singular
+        singular, v = singular[:rank], vectors[:, order[:rank]]
+        u = (features @ v) / singular
     else:
         u, singular, _ = np.linalg.svd(features, full_matrices=False)
     return u, singular
@@ -201,6 +217,8 @@ def task_similarity(source_probs: np.ndarray, labels: np.ndarray, classes: list[
         "mean_share": float(np.mean([v["share"] for v in per_class.values()])),
         "overall_share": float(np.isin(top1, list(dominant_set)).mean()),
         "shared_labels": {label: names_ for label, names_ in claimed.items() if len(names_) > 1},
+        # Classes that all fall on one label are "consistent" but indistinguishable: count the labels.
+        "distinct_labels": len(dominant_set),
     }
 
 
@@ -312,8 +330,9 @@ class RankResult:
         for r in self.rows:
             if not r.similarity:
                 continue
-            lines.append(f"{r.backbone}: mean share {r.similarity['mean_share']:.3f}, "
-                         f"overall {r.similarity['overall_share']:.3f}")
+            sim = r.similarity
+            lines.append(f"{r.backbone}: mean share {sim['mean_share']:.3f}, overall {sim['overall_share']:.3f}, "
+                         f"{sim['distinct_labels']} distinct labels for {len(sim['per_class'])} classes")
             for name, v in r.similarity["per_class"].items():
                 lines.append(f"  {name}: {v['imagenet_label']} ({v['share']:.0%} of {v['images']})")
             for label, names in r.similarity["shared_labels"].items():
@@ -351,17 +370,21 @@ def _column_slice(backbone: Backbone, layers: tuple[str, ...], wanted: str) -> s
     raise ValueError(f"layer {wanted!r} not in {layers}")
 
 
-def _cache_root(cache_dir: str | os.PathLike | None) -> str | os.PathLike | None:
+def resolve_cache_root(cache_dir: str | os.PathLike | None) -> str | os.PathLike | None:
     # Same convention as the probe: None is the user cache, "" disables caching.
     return None if cache_dir == "" else (cache_dir or default_cache_root())
 
 
 def _rank_one(name: str, train_paths: list[Path], train_labels: np.ndarray, classes: list[str], *,
-              resolution: int | None, settings: dict, cache_root, progress: bool, notes: list[str]) -> RankRow:
+              resolution: int | str | None, settings: dict, cache_root, progress: bool, notes: list[str]) -> RankRow:
     start = time.perf_counter()
     backbone = create_backbone(name)
-    res, reason = (resolution, "set by the user") if resolution else choose_resolution(train_paths,
-                                                                                      backbone.native_size)
+    if resolution == "native":
+        res, reason = backbone.native_size, f"native {backbone.native_size}px (asked for native)"
+    elif resolution:
+        res, reason = int(resolution), "set by the user"
+    else:
+        res, reason = choose_resolution(train_paths, backbone.native_size)
     extraction_settings = ExtractionSettings(resolution=res, layers=RANK_LAYERS, **settings)
     extraction = extract_features(backbone, train_paths, extraction_settings, cache_root, progress)
     if extraction.failures:
@@ -389,7 +412,7 @@ def _rank_one(name: str, train_paths: list[Path], train_labels: np.ndarray, clas
 def rank_backbones(
     data: str | os.PathLike,
     backbones: list[str],
-    resolution: int | None = None,
+    resolution: int | str | None = None,
     cache_dir: str | os.PathLike | None = None,
     per_class: int | None = None,
     seed: int = 0,
@@ -406,13 +429,17 @@ def rank_backbones(
 
     Features of the training split (the probe's stratified split with the same seed,
     val_fraction and per_class) are extracted with the probe's layers, resolution rule,
-    precision and cache, so a later `probe` reads them from the cache. LogME uses the
+    precision and cache, so a later `probe` reads them from the cache. `resolution`: None
+    chooses from the images as the probe does, an int fixes it, "native" uses each
+    backbone's own pretraining size. LogME uses the
     avg-pooled 'head' features; LEEP and ImageNet similarity use the backbone's ImageNet
     classifier on them. Probe accuracies come from `probe_runs`, or else from complete runs
     under `runs_root` on the same folder; with measured accuracy for >= 3 backbones the
     Spearman rank correlation of each estimate with it is reported.
     """
     names = list(dict.fromkeys(backbones))
+    if isinstance(resolution, str) and resolution != "native":
+        raise TransferlabError(f"resolution must be a number of pixels or 'native', got '{resolution}'")
     if not names:
         raise TransferlabError("no backbones to rank: name at least one")
     _check_names(names)
@@ -426,12 +453,12 @@ def rank_backbones(
                 "workers": default_workers() if workers is None else workers}
     rows = [
         _rank_one(name, train_paths, train_labels, scan.classes, resolution=resolution, settings=settings,
-                  cache_root=_cache_root(cache_dir), progress=progress, notes=notes)
+                  cache_root=resolve_cache_root(cache_dir), progress=progress, notes=notes)
         for name in names
     ]
     runs = _probe_runs(scan.root, probe_runs, runs_root, notes)
     _attach_accuracies(rows, runs, split_key=(seed, val_fraction, per_class), notes=notes)
-    correlations = _correlations(rows, notes)
+    correlations = correlate_with_accuracy(rows, notes)
     return RankResult(resolve_folder(scan.root), rows, correlations, notes, round(time.perf_counter() - start, 3))
 
 
@@ -471,7 +498,8 @@ def _attach_accuracies(rows: list[RankRow], runs: list[RunInfo], split_key: tupl
             notes.append(f"{row.backbone}: {len(candidates)} probe runs found; using {chosen.path}")
 
 
-def _correlations(rows: list[RankRow], notes: list[str]) -> dict[str, dict]:
+def correlate_with_accuracy(rows: list[RankRow], notes: list[str]) -> dict[str, dict]:
+    """Spearman's rho of each estimate with the probe accuracy, over the rows that have both."""
     from scipy.stats import spearmanr
 
     measured = [r for r in rows if r.probe_accuracy is not None]
@@ -491,8 +519,30 @@ def _correlations(rows: list[RankRow], notes: list[str]) -> dict[str, dict]:
             result[name] = {"n": len(pairs), "spearman": None, "reason": "constant values, no ranking to compare"}
             continue
         rho, p_value = spearmanr(estimates, accuracies)
+        if len(pairs) <= EXACT_P_MAX_N:
+            p_value = _exact_p_value(estimates, accuracies, float(rho))
         result[name] = {"n": len(pairs), "spearman": float(rho), "p_value": float(p_value)}
     if any(c.get("spearman") is not None and c["n"] < 5 for c in result.values()):
         notes.append("with fewer than 5 backbones Spearman's rho takes only a few values (n=3: +-0.5, +-1) "
-                     "and its p-value cannot be small: read it as a sanity check, not evidence")
+                     "and even a perfect ranking of 3 has an exact p-value of 0.33: a sanity check, not evidence")
     return result
+
+
+def _exact_p_value(x, y, rho: float) -> float:
+    """Two-sided permutation p-value of Spearman's rho, over every ordering of `y`'s ranks.
+
+    scipy's default t approximation reports p = 0 for a perfect ranking of 3 backbones;
+    the exact value is 2/6.
+    """
+    from itertools import permutations
+
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    cx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
+    hits = total = 0
+    for order in permutations(ry):
+        r = np.asarray(order) - ry.mean()
+        total += 1
+        hits += abs(float(cx @ r) / np.linalg.norm(r)) >= abs(rho) - 1e-12
+    return hits / total

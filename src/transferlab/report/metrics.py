@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    classification_report,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 
 from transferlab.errors import TransferlabError
 

@@ -1,0 +1,219 @@
+"""Export a probe run as one file: normalised float images (N, 3, R, R) -> class probabilities.
+
+The exported graph is `WithSoftmax(ProbeNetwork)`: backbone, pooled multi-layer features
+and the folded logistic regression. Before the file gets its final name, its outputs are
+compared with PyTorch's on sample inputs; beyond the tolerance the export fails and
+leaves nothing behind. `model/export.json` records the measured difference and everything
+needed to feed the file (resolution, interpolation, mean, std, classes).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.atomic import atomic_path, write_json
+from transferlab.data.images import ImageDecodeError
+from transferlab.errors import TransferlabError
+from transferlab.features.extract import normalise, preprocess
+from transferlab.network import WithSoftmax
+from transferlab.run_network import RunNetwork, load_run_network
+from transferlab.runs import RunDir, load_complete_run
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+ONNX_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+# Sample inputs for the parity check: random batches of two sizes (so a batch axis frozen
+# at export time is caught), then up to this many real images from the run's predictions.
+RANDOM_BATCHES = (1, 3)
+REAL_IMAGES = 4
+SEED = 0
+
+
+def model_fingerprint(run_path: str | Path) -> str:
+    """Hash of the files that define a run's model: names the model, detects stale exports."""
+    model_dir = RunDir(run_path).model_dir
+    digest = hashlib.blake2b(digest_size=8)
+    for name in ("model.json", "backbone.safetensors", "classifier.skops", "network.safetensors"):
+        if not (model_dir / name).is_file():
+            continue  # probe runs have backbone + classifier, fine-tuned runs one network
+        with open(model_dir / name, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _real_images(run: RunDir, meta: dict) -> torch.Tensor | None:
+    """A few of the run's own images (one per true class first), if they are still on disk."""
+    table = run.path / "predictions.csv"
+    if not table.is_file():
+        return None
+    with open(table, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    by_class: dict[str, list[str]] = {}
+    for row in rows:
+        by_class.setdefault(row.get("true", ""), []).append(row.get("path", ""))
+    # Round-robin over classes, so the sample is not four images of the largest class.
+    ordered = [paths[i] for i in range(max(map(len, by_class.values()), default=0))
+               for paths in by_class.values() if i < len(paths)]
+    images = []
+    for name in ordered:
+        if len(images) == REAL_IMAGES:
+            break
+        # Paths are as the probe saw them: relative to where it ran, usually the folder
+        # holding runs/ (so also try there when exporting from elsewhere).
+        path = next((p for p in (Path(name), run.path.resolve().parent.parent / name) if p.is_file()), None)
+        if path is None:
+            continue
+        try:
+            images.append(preprocess(path, meta["resolution"], meta.get("interpolation", "bicubic")))
+        except ImageDecodeError:
+            continue
+    if not images:
+        return None
+    return normalise(torch.stack(images), meta["mean"], meta["std"])
+
+
+def _sample_inputs(run: RunDir, meta: dict) -> tuple[list[torch.Tensor], int]:
+    resolution = meta["resolution"]
+    generator = torch.Generator().manual_seed(SEED)
+    samples = [torch.randn(n, 3, resolution, resolution, generator=generator) for n in RANDOM_BATCHES]
+    real = _real_images(run, meta)
+    if real is not None:
+        samples.append(real)
+    return samples, 0 if real is None else len(real)
+
+
+def _export_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> str:
+    common = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": ONNX_OPSET}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; parity is what counts
+        try:
+            # The TorchScript-based exporter: fast, and needs no onnxscript.
+            torch.onnx.export(network, (example,), str(path), dynamo=False,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **common)
+            return f"torch.onnx.export(dynamo=False), opset {ONNX_OPSET}"
+        except Exception as legacy_error:  # noqa: BLE001 - removed or failing in this torch: try the dynamo exporter
+            try:
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                torch.onnx.export(network, (example,), str(path), dynamo=True, external_data=False,
+                                  dynamic_shapes={"x": {0: batch}}, **common)
+            except Exception as dynamo_error:  # noqa: BLE001 - reported with the first error
+                raise TransferlabError(
+                    f"ONNX export failed: {legacy_error} (dynamo exporter: {dynamo_error})") from None
+            return f"torch.onnx.export(dynamo=True), opset {ONNX_OPSET}"
+
+
+def _export_torchscript(network: torch.nn.Module, example: torch.Tensor, path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still what the issue asks
+        with torch.no_grad():
+            # No check_trace: the parity check below compares more inputs, at other batch sizes.
+            traced = torch.jit.trace(network, example, check_trace=False)
+        torch.jit.save(traced, str(path))
+    return "torch.jit.trace"
+
+
+def _run_onnx(path: Path):
+    import onnxruntime as ort  # local: only export and the onnx engine need it
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+
+
+def _run_torchscript(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        # Plain interpretation: the profiling executor would re-optimise for every new shape.
+        with torch.no_grad(), torch.jit.optimized_execution(False):
+            return module(x).numpy()
+
+    return run
+
+
+def _max_abs_diff(run_exported, network: torch.nn.Module, samples: list[torch.Tensor]) -> float:
+    worst = 0.0
+    for x in samples:
+        with torch.no_grad():
+            expected = network(x).numpy()
+        got = np.asarray(run_exported(x))
+        if got.shape != expected.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(got.astype(np.float64) - expected).max()))
+    return worst
+
+
+def _exporter(fmt: str):
+    """(write, load) for a format; looked up at call time so tests can swap either."""
+    return (_export_onnx, _run_onnx) if fmt == "onnx" else (_export_torchscript, _run_torchscript)
+
+
+def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+               tolerance: float = 1e-4) -> Path:
+    """Write the run's whole probe as ONNX or TorchScript; returns the file's path.
+
+    Raises TransferlabError (and writes nothing) for a run that is not a complete probe,
+    a head that does not fold into a linear layer, or outputs that differ from PyTorch's
+    by more than `tolerance` (max abs difference of the probabilities).
+    """
+    if fmt not in FORMATS:
+        raise TransferlabError(f"unknown export format '{fmt}': choose from {', '.join(FORMATS)}")
+    run = load_complete_run(run_dir)
+    loaded = load_run_network(run.path)  # TransferlabError for probe heads that are not linear
+    network = WithSoftmax(loaded.network, flip_tta=bool(loaded.meta.get("tta"))).eval()
+    resolution = loaded.meta["resolution"]
+    samples, n_real = _sample_inputs(run, loaded.meta)
+    target = Path(out) if out is not None else run.model_dir / FORMATS[fmt]
+    export, load = _exporter(fmt)
+    started = time.perf_counter()
+    with atomic_path(target) as tmp:
+        exporter = export(network, torch.randn(2, 3, resolution, resolution), tmp)
+        diff = _max_abs_diff(load(tmp), network, samples)
+        if not diff <= tolerance:  # also catches NaN
+            raise TransferlabError(
+                f"{run.path}: {fmt} export failed the parity check: max abs difference {diff:.3g} from PyTorch "
+                f"exceeds the tolerance {tolerance:g}; nothing was written")
+    _record(run, fmt, target, {
+        "exporter": exporter,
+        "max_abs_diff": diff,
+        "tolerance": tolerance,
+        "samples": {"random": sum(RANDOM_BATCHES), "images": n_real},
+        "seconds": round(time.perf_counter() - started, 2),
+    }, loaded)
+    return target
+
+
+def _record(run: RunDir, fmt: str, target: Path, check: dict, loaded: RunNetwork) -> None:
+    """Merge this format's entry into model/export.json (one entry per format)."""
+    path = run.model_dir / "export.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError:
+        record = {}
+    try:
+        file_name = str(target.resolve().relative_to(run.path.resolve()))
+    except ValueError:
+        file_name = str(target.resolve())
+    meta = loaded.meta
+    record[fmt] = {
+        "file": file_name,
+        "source_model": model_fingerprint(run.path),
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, meta["resolution"], meta["resolution"]],
+                  "dtype": "float32", "preprocess": "resize shorter side, centre crop, (x - 255*mean) / (255*std)",
+                  "interpolation": meta.get("interpolation"), "mean": meta["mean"], "std": meta["std"]},
+        "output": {"name": OUTPUT_NAME, "classes": meta["classes"]},
+        **check,
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(path, record)

@@ -1,0 +1,259 @@
+"""Side-by-side comparison of finished runs: one row per run, per-class F1 over the union of classes."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+from transferlab import __version__
+from transferlab.atomic import write_text
+from transferlab.errors import TransferlabError
+from transferlab.insight.runinfo import RunInfo, read_run
+from transferlab.report.html import CSS
+
+MISSING = "-"
+
+
+@dataclass
+class CompareRow:
+    run: str  # folder name (with its parent where two runs share a name)
+    path: Path
+    data: str
+    backbone: str
+    method: str
+    resolution: int | None
+    seconds: float | None  # the run's total time
+    split: str  # "test" or "val": where accuracy and F1 come from
+    accuracy: float | None
+    macro_f1: float | None
+    per_class: dict[str, float]  # class -> F1 on `split`
+    beats: int | None  # classes with F1 above the baseline, when the run had one
+    of: int | None
+
+
+@dataclass
+class Comparison:
+    rows: list[CompareRow]
+    classes: list[str]  # union over the runs, in first-seen order
+    warnings: list[str] = field(default_factory=list)
+
+    def table_text(self) -> str:
+        """The summary table, then per-class F1 (one column per run), then the warnings."""
+        header = ["run", "backbone", "method", "px", "time s", "split", "accuracy", "macro F1", "beats"]
+        body = [[r.run, r.backbone, r.method, _fmt(r.resolution), _fmt(r.seconds, 1), r.split, _fmt(r.accuracy, 4),
+                 _fmt(r.macro_f1, 4), _beats(r)] for r in self.rows]
+        lines = _aligned(header, body, left=3)
+        lines += ["", "per-class F1:"]
+        class_header = ["class"] + [r.run for r in self.rows]
+        class_body = [[name] + [_fmt(r.per_class.get(name), 4) for r in self.rows] for name in self.classes]
+        lines += _aligned(class_header, class_body, left=1)
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "classes": list(self.classes),
+            "warnings": list(self.warnings),
+            "runs": [{**{k: v for k, v in vars(r).items() if k != "path"}, "path": str(r.path)} for r in self.rows],
+        }
+
+    def write_html(self, path: str | os.PathLike) -> Path:
+        """A self-contained page: one sortable table (click a header), best value per column in bold."""
+        target = Path(path)
+        write_text(target, _html_page(self))
+        return target
+
+
+def _fmt(value: float | int | None, digits: int = 0) -> str:
+    if value is None:
+        return MISSING
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def _beats(row: CompareRow) -> str:
+    return MISSING if row.beats is None else f"{row.beats}/{row.of}"
+
+
+def _aligned(header: list[str], body: list[list[str]], left: int) -> list[str]:
+    """Text columns: the first `left` aligned left, numbers right."""
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in [header, *body]]
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _row(info: RunInfo, name: str) -> CompareRow:
+    split = info.evaluated_split
+    result = info.split_metrics(split)
+    per_class = {str(c): float(v["f1"]) for c, v in (result.get("per_class") or {}).items()
+                 if isinstance(v, dict) and _number(v.get("f1")) is not None}
+    baseline = info.metrics.get("baseline") if isinstance(info.metrics.get("baseline"), dict) else None
+    timings = info.metrics.get("timings") if isinstance(info.metrics.get("timings"), dict) else {}
+    resolution = info.config.get("resolution")
+    return CompareRow(
+        run=name,
+        path=info.path,
+        data=str(info.data_root) if info.data_root else MISSING,
+        backbone=info.backbone,
+        method=info.method,
+        resolution=int(resolution) if isinstance(resolution, int) else None,
+        seconds=_number(timings.get("total")),
+        split=split,
+        accuracy=_number(result.get("accuracy")),
+        macro_f1=_number(result.get("macro_f1")),
+        per_class=per_class,
+        beats=int(baseline["beats"]) if baseline and "beats" in baseline else None,
+        of=int(baseline["of"]) if baseline and "of" in baseline else None,
+    )
+
+
+def _names(infos: list[RunInfo]) -> list[str]:
+    names = [i.path.name for i in infos]
+    # Two runs called "lite0" in different folders stay apart by their parent folder.
+    return [f"{i.path.parent.name}/{n}" if names.count(n) > 1 else n for i, n in zip(infos, names)]
+
+
+def _warnings(rows: list[CompareRow], classes: list[str]) -> list[str]:
+    warnings = []
+    for row in rows:
+        missing = [c for c in classes if c not in row.per_class]
+        if missing:
+            warnings.append(f"class sets differ: run '{row.run}' has no {', '.join(missing)} "
+                            f"(shown as '{MISSING}')")
+    if len({r.data for r in rows}) > 1:
+        warnings.append("the runs are on different data folders: "
+                        + "; ".join(f"{r.run}: {r.data}" for r in rows))
+    if len({r.split for r in rows}) > 1:
+        warnings.append("figures come from different splits: "
+                        + ", ".join(f"{r.run}: {r.split}" for r in rows) + " (test where a run has one, else val)")
+    return warnings
+
+
+def compare_runs(run_dirs: list[str | os.PathLike]) -> Comparison:
+    """Read each run's metrics.json and config.yaml into one comparison.
+
+    Accuracy and F1 come from the test split where a run has one, else from val (the
+    `split` column says which). Classes are the union over the runs; a warning names the
+    classes each run lacks.
+    """
+    paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
+    if not paths:
+        raise TransferlabError("no runs to compare: give at least one run folder")
+    infos = [read_run(p) for p in paths]
+    rows = [_row(info, name) for info, name in zip(infos, _names(infos))]
+    classes = list(dict.fromkeys(c for r in rows for c in r.per_class))
+    return Comparison(rows, classes, _warnings(rows, classes))
+
+
+# --------------------------------------------------------------------------- HTML
+
+# Per numeric column: is a higher value better? Resolution is a setting, not a score.
+_BETTER_HIGH = {"accuracy": True, "macro F1": True, "beats": True, "time s": False}
+
+SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, col) {
+    th.addEventListener("click", function () {
+      var asc = th.getAttribute("aria-sort") !== "ascending";
+      table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
+        if (x === undefined || y === undefined) {  // text column
+          return (asc ? 1 : -1) * a.cells[col].textContent.localeCompare(b.cells[col].textContent);
+        }
+        if (x === "") return 1;  // missing values last either way
+        if (y === "") return -1;
+        return (asc ? 1 : -1) * (parseFloat(x) - parseFloat(y));
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+EXTRA_CSS = """
+table.sortable th { cursor: pointer; user-select: none; white-space: nowrap; }
+table.sortable th[aria-sort="ascending"]::after { content: " \\25B2"; }
+table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
+td.best { font-weight: 700; background: #f0fff4; }
+.warning { color: #c05621; }
+"""
+
+
+def _columns(comparison: Comparison) -> list[tuple[str, bool | None, list]]:
+    """(header, higher-is-better or None for no 'best', one value per row)."""
+    rows = comparison.rows
+    columns: list[tuple[str, bool | None, list]] = [
+        ("run", None, [r.run for r in rows]),
+        ("backbone", None, [r.backbone for r in rows]),
+        ("method", None, [r.method for r in rows]),
+        ("px", None, [r.resolution for r in rows]),
+        ("time s", False, [r.seconds for r in rows]),
+        ("split", None, [r.split for r in rows]),
+        ("accuracy", True, [r.accuracy for r in rows]),
+        ("macro F1", True, [r.macro_f1 for r in rows]),
+        ("beats", True, [r.beats for r in rows]),
+    ]
+    columns += [(f"F1 {name}", True, [r.per_class.get(name) for r in rows]) for name in comparison.classes]
+    return columns
+
+
+def _cell(value, header: str, best: bool, row: CompareRow) -> str:
+    if header in ("run", "backbone", "method", "split"):
+        return f"<td>{escape(str(value))}</td>"
+    css = ' class="num best"' if best else ' class="num"'
+    if value is None:
+        return f'<td{css} data-v="">{MISSING}</td>'
+    text = _beats(row) if header == "beats" else _fmt(value, 1 if header == "time s" else 0 if header == "px" else 4)
+    inner = f"<b>{escape(text)}</b>" if best else escape(text)
+    return f'<td{css} data-v="{value}">{inner}</td>'
+
+
+def _html_table(comparison: Comparison) -> str:
+    columns = _columns(comparison)
+    best_sets = []
+    for header, higher, values in columns:
+        present = [v for v in values if v is not None]
+        if higher is None or len(set(present)) < 2:  # one value, or all equal: nothing stands out
+            best_sets.append(set())
+            continue
+        target = max(present) if higher else min(present)
+        best_sets.append({i for i, v in enumerate(values) if v == target})
+    head = "".join(f'<th class="num">{escape(h)}</th>' if h not in ("run", "backbone", "method", "split")
+                   else f"<th>{escape(h)}</th>" for h, _, _ in columns)
+    body = []
+    for i, row in enumerate(comparison.rows):
+        cells = "".join(_cell(values[i], header, i in best, row) for (header, _, values), best in zip(columns, best_sets))
+        body.append(f"<tr>{cells}</tr>")
+    return (f'<table class="sortable">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body)
+            + "\n</tbody>\n</table>")
+
+
+def _html_page(comparison: Comparison) -> str:
+    warnings = "".join(f'<p class="warning">warning: {escape(w)}</p>\n' for w in comparison.warnings)
+    paths = "".join(f"<li><code>{escape(r.run)}</code>: {escape(str(r.path))}</li>" for r in comparison.rows)
+    title = f"transferlab compare: {len(comparison.rows)} runs"
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title>\n<style>{CSS}{EXTRA_CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{escape(title)}</h1>\n{warnings}"
+        '<p class="muted">Click a column header to sort. Bold: the best value of a column (lowest time). '
+        "Accuracy and F1 from the split named in the split column; '-': not in that run.</p>\n"
+        f"{_html_table(comparison)}\n<h2>Runs</h2>\n<ul>{paths}</ul>\n"
+        f"<footer>transferlab {escape(__version__)}</footer>\n<script>{SORT_JS}</script>\n</body>\n</html>\n"
+    )
