@@ -53,6 +53,11 @@ def test_probe_writes_a_complete_run(image_folder, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 6 and {r["split"] for r in rows} == {"val"}
     assert "report:" in output
+    # The report carries the feature maps, outliers and the error analysis.
+    assert (out / "plots" / "embed_pca.png").is_file() and (out / "plots" / "embed_tsne.png").is_file()
+    report = (out / "report.html").read_text()
+    assert "Feature map and outliers" in report and "Most confused class pairs" in report
+    assert set(metrics["embedding"]["silhouette"]) == {"circle", "square", "dome(inner)"}
 
 
 def test_probe_with_test_folder_and_baseline(image_folder, tmp_path):
@@ -238,6 +243,7 @@ def test_doctor_command_reports_label_conflict(image_folder):
 
 
 def test_every_command_has_help():
-    for command in ("backbones", "doctor", "probe", "finetune", "predict", "explain", "serve", "export", "demo"):
+    for command in ("backbones", "doctor", "probe", "finetune", "predict", "explain", "rank", "embed", "compare",
+                    "serve", "export", "demo"):
         code, output = invoke(command, "--help")
         assert code == 0 and "Usage" in output

@@ -13,7 +13,10 @@ from transferlab.atomic import write_json, write_text
 from transferlab.errors import TransferlabError
 from transferlab.report.baseline import compare_to_baseline, load_baseline
 from transferlab.report.html import render_report
-from transferlab.report.metrics import classification_metrics, classification_report_text
+from transferlab.report.metrics import (
+    classification_metrics,
+    classification_report_text,
+)
 from transferlab.report.plots import plot_confusion_matrix, plot_per_class_f1
 
 # cat: tp 2, fp 1, fn 1 -> P = R = F1 = 2/3; dog: tp 1, fp 1, fn 1 -> 0.5; bird: no samples, never predicted.

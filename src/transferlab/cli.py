@@ -249,6 +249,81 @@ def explain(
 
 
 @app.command()
+def rank(
+    data: Annotated[Path, typer.Argument(help="Image folder, one subfolder per class.")],
+    backbones: Annotated[str, typer.Option(help="Comma-separated backbone names to score.")] = "tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2",
+    resolution: Annotated[Optional[str], typer.Option(help="Input size in px, 'native', or default: chosen from the images.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="Use at most N images per class.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split (the same as the probe's, so caches are shared).")] = 0,
+    runs: Annotated[Optional[list[Path]], typer.Option(help="Probe runs to correlate with (default: runs/ on the same data).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Feature cache folder.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Also print how each class maps onto ImageNet labels.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Score backbones before training: LogME, LEEP and ImageNet task similarity on cached features.
+
+    Where probe runs on the same data exist, prints the rank correlation of each estimate with their accuracy.
+    """
+    from transferlab.insight.transferability import rank_backbones
+
+    chosen_resolution: int | str | None = resolution
+    if resolution not in (None, "native"):
+        try:
+            chosen_resolution = int(resolution)
+        except ValueError:
+            raise TransferlabError(f"--resolution must be a number of pixels or 'native', got '{resolution}'") from None
+    names = [n.strip() for n in backbones.split(",") if n.strip()]
+    result = rank_backbones(data, names, resolution=chosen_resolution, cache_dir=cache_dir, per_class=per_class,
+                            seed=seed, progress=not quiet and not as_json, probe_runs=runs or ())
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    typer.echo(result.table_text())
+    if verbose:
+        typer.echo(result.similarity_text())
+
+
+@app.command()
+def embed(
+    source: Annotated[Path, typer.Argument(help="A run folder, or an image folder (then --out is needed).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the run's plots/).")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone for an image folder.")] = "tf_efficientnet_lite0",
+    methods: Annotated[str, typer.Option(help="Comma-separated: pca, umap, tsne (UMAP compiles on first use).")] = "pca,umap,tsne",
+    max_points: Annotated[int, typer.Option(help="Above this, a seeded random subset is mapped.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Seed for subsampling and the maps.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Maps of the features (PCA, UMAP, t-SNE) by class, prediction and error; per-class silhouette; outliers."""
+    from transferlab.insight.embed import embed_data, embed_run
+
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if (source / "run.json").is_file():
+        result = embed_run(source, chosen, seed, max_points, progress=not quiet)
+    else:
+        if out is None:
+            raise TransferlabError(f"{source}: not a run folder; give --out for the maps of an image folder")
+        result = embed_data(source, backbone, out_dir=out, methods=chosen, seed=seed, max_points=max_points,
+                            progress=not quiet)
+    typer.echo(result.summary_text())
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to put side by side.")],
+    html: Annotated[Path, typer.Option(help="Where to write the sortable HTML table.")] = Path("compare.html"),
+):
+    """One results table across runs: backbone, method, resolution, time, accuracy, macro F1, per-class F1."""
+    from transferlab.insight.compare import compare_runs
+
+    comparison = compare_runs(runs)
+    for warning in comparison.warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False)
+    typer.echo(comparison.table_text())
+    typer.echo(f"html: {comparison.write_html(html)}")
+
+
+@app.command()
 def serve(
     run: Annotated[Path, typer.Argument(help="A finished run folder (probe or fine-tuned).")],
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",

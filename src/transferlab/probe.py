@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from transferlab.features.extract import (
 )
 from transferlab.features.layers import DEFAULT_LAYERS, parse_layers
 from transferlab.features.resolution import choose_resolution
+from transferlab.insight.embed import embed
 from transferlab.network import build_probe_network
 from transferlab.precision import resolve_precision
 from transferlab.predict import ProbeParts
@@ -60,6 +62,7 @@ class ProbeConfig:
     baseline: str | None = None
     cache_dir: str | None = None  # None: the user cache; "" disables caching
     error_grid: int = 12  # most confidently wrong images shown (with CAM); 0 skips
+    embed: str = "pca,tsne"  # feature maps of the evaluated split in the report; "" skips
     progress: bool = True
 
 
@@ -157,6 +160,18 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     metrics = evaluation.metrics
     warnings += evaluation.warnings
     timer.lap("evaluate")
+    methods = tuple(m.strip() for m in config.embed.split(",") if m.strip())
+    if methods:
+        evaluated = splits[-1]
+        mapped = embed(features[evaluated.name], labels[evaluated.name], scan.classes,
+                       evaluated.probabilities.argmax(axis=1), methods, config.seed, max_points=2000,
+                       out_dir=run.plots_dir, paths=paths[evaluated.name], n_outliers=12,
+                       title=f"{backbone.name} features ({evaluated.name})")
+        metrics["embedding"] = {"split": evaluated.name, "silhouette": mapped.silhouette,
+                                "silhouette_mean": mapped.silhouette_mean, "notes": mapped.notes}
+        evaluation.sections.append((f"Feature map and outliers ({evaluated.name})",
+                                    f"<pre>{html.escape(mapped.summary_text())}</pre>"))
+        timer.lap("embed")
 
     _save_model(run, backbone, classifier, settings, scan.classes)
     summary = {

@@ -70,7 +70,8 @@ def scan_folder(root: str | os.PathLike, classes: list[str] | None = None) -> Fo
     training classes); a subfolder not in it is skipped and listed.
     Raises TransferlabError if `root` is missing or holds no class folder with images.
     """
-    root_path = Path(root).expanduser()
+    # Absolute, so runs record where their data is whatever folder they are read from later.
+    root_path = Path(root).expanduser().absolute()
     if not root_path.exists():
         raise TransferlabError(f"{root_path}: folder not found")
     if not root_path.is_dir():

@@ -67,7 +67,7 @@ class Comparison:
         return target
 
 
-def _fmt(value: float | int | None, digits: int = 0) -> str:
+def _fmt(value: float | None, digits: int = 0) -> str:
     if value is None:
         return MISSING
     return str(value) if isinstance(value, int) else f"{value:.{digits}f}"

@@ -11,13 +11,13 @@ import matplotlib
 
 # Agg before pyplot, as in report.plots: maps are drawn on servers without a display.
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
 
-from transferlab.atomic import write_text  # noqa: E402
-from transferlab.data.images import ImageDecodeError, load_rgb  # noqa: E402
-from transferlab.report.plots import _label, _literal, _save  # noqa: E402  (shared label/atomic-save rules)
+from transferlab.atomic import write_text
+from transferlab.data.images import ImageDecodeError, load_rgb
+from transferlab.report.plots import _label, _literal, _save
 
 # Legends stop being readable above this many classes; colours alone are drawn then.
 LEGEND_MAX_CLASSES = 20

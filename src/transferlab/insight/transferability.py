@@ -175,8 +175,8 @@ def imagenet_label_names(count: int = IMAGENET_CLASSES) -> list[str]:
 
             info = ImageNetInfo()
             return [info.index_to_description(i) for i in range(count)]
-        except Exception:  # an older timm without the metadata: indices still identify labels
-            pass
+        except (ImportError, AttributeError, OSError, ValueError):
+            pass  # an older timm without the metadata: indices still identify the labels
     return [f"class {i}" for i in range(count)]
 
 
