@@ -116,14 +116,16 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult
     augmentation = build_augmentation(recipe.augment, resolution)
     class_weights = _class_weights(train_store, len(scan.classes)) if recipe.balance == "weights" else None
 
+    input_levels = cache_levels([_level(net, t) for t in trainables])
+    activation_cache: dict = {}
     for index, (stage, trainable) in enumerate(zip(stages, trainables)):
         if index < len(state["stages"]):
             continue  # finished before a restart
         if index > 0:
             _load_weights(net, state["stages"][index - 1]["best_checkpoint"])
         t_stage = time.perf_counter()
-        result = _train_stage(run, net, recipe, stage, index, trainable, train_store, val_store, augmentation,
-                              class_weights, precision, config, wall_origin)
+        result = _train_stage(run, net, recipe, stage, index, trainable, input_levels[index], activation_cache,
+                              train_store, val_store, augmentation, class_weights, precision, config, wall_origin)
         state["stages"].append({"index": index + 1, "train": stage.train, **result,
                                 "seconds": round(time.perf_counter() - t_stage, 3)})
         write_json(run.path / STATE_FILE, state)
@@ -230,15 +232,39 @@ def _level(net: FinetuneNet, trainable: list[str]) -> int:
     return net.n_units
 
 
+def cache_levels(levels: list[int]) -> list[int]:
+    """Where each stage's input is cut: the lowest trained unit of its run of cached stages.
+
+    Consecutive stages that all keep a frozen prefix share one activation cache, taken at
+    the lowest of their levels: none of them trains a unit below it, so the cache computed
+    for the first stays exact for the rest (a head-only stage then runs the few frozen
+    units above the cut itself, instead of paying for its own cache).
+    """
+    result = []
+    for index, level in enumerate(levels):
+        if level == 0:
+            result.append(0)
+            continue
+        lowest = level
+        for later in levels[index + 1:]:
+            if later == 0:
+                break
+            lowest = min(lowest, later)
+        earlier = result[-1] if result and levels[index - 1] > 0 else None
+        result.append(earlier if earlier is not None else lowest)
+    return result
+
+
 def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, index: int, trainable: list[str],
-                 train_store: ImageStore, val_store: ImageStore, augmentation, class_weights, precision: str,
-                 config: FinetuneConfig, wall_origin: float) -> dict:
-    level = _level(net, trainable)
-    draws = min(recipe.augment_draws, stage.epochs)
-    if level > 0 and activation_bytes(net, train_store, level, draws + 1) > MAX_CACHE_BYTES:
+                 level: int, activation_cache: dict, train_store: ImageStore, val_store: ImageStore, augmentation,
+                 class_weights, precision: str, config: FinetuneConfig, wall_origin: float) -> dict:
+    draws = recipe.augment_draws
+    if level > 0 and level not in activation_cache and activation_bytes(net, train_store, level, draws + 1) > MAX_CACHE_BYTES:
         level = 0  # too big to cache: run the frozen units every step instead
-    train_loader, val_loader = _loaders(net, recipe, stage, index, level, draws, train_store, val_store,
-                                        augmentation, precision, config.progress)
+    if level not in activation_cache:
+        activation_cache.clear()  # a new cut point: the old cache is stale or unused from here on
+    train_loader, val_loader = _loaders(net, recipe, index, level, draws, activation_cache, train_store,
+                                        val_store, augmentation, precision, config.progress)
     module = StageModule(net, recipe, stage, index, trainable, level, class_weights, wall_origin)
     checkpoint_dir = run.path / "checkpoints" / f"stage{index + 1}"
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max",
@@ -285,7 +311,8 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _loaders(net, recipe, stage, index, level, draws, train_store, val_store, augmentation, precision, progress):
+def _loaders(net, recipe, index, level, draws, activation_cache, train_store, val_store, augmentation, precision,
+             progress):
     weights = None
     if recipe.balance == "sampler":
         counts = torch.bincount(train_store.labels).float().clamp(min=1)
@@ -294,13 +321,16 @@ def _loaders(net, recipe, stage, index, level, draws, train_store, val_store, au
         train = AugmentedImages(train_store, augmentation)
         val = val_store.images
     else:
-        cached = [
-            cached_activations(net, train_store, level, augmentation, epoch_seed(recipe.seed, index, 10_000 + d),
-                               precision, progress=progress, desc=f"stage {index + 1}: frozen units, draw {d + 1}")
-            for d in range(draws)
-        ]
+        if level not in activation_cache:
+            # Draw seeds depend on the cut, not the stage, so a resumed run recomputes the same cache.
+            cached = [
+                cached_activations(net, train_store, level, augmentation, epoch_seed(recipe.seed, level, 10_000 + d),
+                                   precision, progress=progress, desc=f"frozen units below {level}, draw {d + 1}")
+                for d in range(draws)
+            ]
+            activation_cache[level] = (cached, cached_activations(net, val_store, level, None, None, precision))
+        cached, val = activation_cache[level]
         train = DrawDataset(cached, train_store.labels)
-        val = cached_activations(net, val_store, level, None, None, precision)
     sampler = EpochSeededSampler(len(train), epoch_seed(recipe.seed, index, 0), weights)
     train_loader = DataLoader(train, batch_size=recipe.batch_size, sampler=sampler,
                               drop_last=len(train) > recipe.batch_size)
