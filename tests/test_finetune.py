@@ -92,6 +92,21 @@ def test_consecutive_frozen_stages_share_one_cut():
     assert cache_levels([0, 9]) == [0, 9]
 
 
+def test_batch_crop_flip_is_exact_at_identity_and_varies_per_image():
+    from transferlab.finetune.augment import BatchCropFlip, PerImage, build_batch_augmentation
+
+    images = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(BatchCropFlip(scale=(1, 1), ratio=(1, 1), flip=False)(images), images)
+    torch.manual_seed(0)
+    flipped = BatchCropFlip(scale=(1, 1), ratio=(1, 1), flip=True)(images)
+    same = [torch.equal(flipped[i], images[i]) for i in range(6)]
+    mirrored = [torch.equal(flipped[i], images[i].flip(-1)) for i in range(6)]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(mirrored) and any(same)
+    assert isinstance(build_batch_augmentation("light", 32), BatchCropFlip)
+    assert isinstance(build_batch_augmentation("classic", 32), PerImage)
+    assert build_batch_augmentation("classic", 32)(images).shape == images.shape
+
+
 def test_stage_freezing_freezes():
     model = timm.create_model("test_efficientnet", pretrained=False)
     net = FinetuneNet(model, 3, [], (0.5,) * 3, (0.5,) * 3)

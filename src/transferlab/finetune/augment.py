@@ -6,6 +6,8 @@ A recipe names a preset, or lists transforms with magnitudes:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchvision.transforms import v2
 
@@ -83,3 +85,57 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, mixup:
     if not choices:
         return images, labels
     return v2.RandomChoice(choices)(images, labels)
+
+
+class BatchCropFlip:
+    """Random resized crop + horizontal flip for a whole uint8 batch in one call.
+
+    Per-image torchvision transforms cost as much as the network's forward pass when the
+    frozen units are cached (measured with py-spy); roi_align crops and resizes every
+    image of the batch with its own box at once.
+    """
+
+    def __init__(self, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True):
+        self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import roi_align
+
+        n, _, height, width = images.shape
+        area = height * width * torch.empty(n).uniform_(*self.scale)
+        log_ratio = torch.empty(n).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        aspect = torch.exp(log_ratio)
+        box_w = torch.sqrt(area * aspect).clamp(max=width)
+        box_h = torch.sqrt(area / aspect).clamp(max=height)
+        x0 = torch.rand(n) * (width - box_w)
+        y0 = torch.rand(n) * (height - box_h)
+        boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + box_w, y0 + box_h], dim=1)
+        out = roi_align(images.float(), boxes, output_size=(height, width), sampling_ratio=1, aligned=True)
+        if self.flip:
+            flipped = torch.rand(n) < 0.5
+            out = torch.where(flipped.view(n, 1, 1, 1), out.flip(-1), out)
+        return out.round().clamp(0, 255).to(torch.uint8)
+
+
+class PerImage:
+    """Any per-image transform applied over a batch (the general, slower path)."""
+
+    def __init__(self, transform: v2.Transform):
+        self.transform = transform
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.transform(image) for image in images])
+
+
+def build_batch_augmentation(spec: str | list[dict], resolution: int):
+    """A batch -> batch augmentation: the fast crop+flip path when the spec is only that."""
+    items = PRESETS.get(spec, []) if isinstance(spec, str) else spec
+    names = [dict(item).get("name") for item in items]
+    if isinstance(spec, str) and spec not in PRESETS:
+        build_augmentation(spec, resolution)  # raises the helpful error
+    if names and set(names) <= {"flip", "crop"} and names.count("crop") <= 1:
+        crop = next((dict(i) for i in items if dict(i).get("name") == "crop"), None)
+        scale = tuple(crop.get("scale", (0.7, 1.0))) if crop else (1.0, 1.0)
+        ratio = (3 / 4, 4 / 3) if crop else (1.0, 1.0)
+        return BatchCropFlip(scale=scale, ratio=ratio, flip="flip" in names)
+    return PerImage(build_augmentation(spec, resolution))

@@ -47,19 +47,6 @@ def load_images(samples: list[Sample], resolution: int, interpolation: str, work
     return ImageStore(stacked, torch.tensor(labels, dtype=torch.int64), paths, failures)
 
 
-class AugmentedImages(Dataset):
-    """Augments on the fly (used when the stage trains from the first unit)."""
-
-    def __init__(self, store: ImageStore, augmentation):
-        self.store, self.augmentation = store, augmentation
-
-    def __len__(self) -> int:
-        return len(self.store.labels)
-
-    def __getitem__(self, index: int):
-        return self.augmentation(self.store.images[index]), self.store.labels[index]
-
-
 @torch.inference_mode()
 def cached_activations(net, store: ImageStore, level: int, augmentation, draw_seed: int | None,
                        precision: str, batch_size: int = 128, progress: bool = False,
@@ -76,7 +63,7 @@ def cached_activations(net, store: ImageStore, level: int, augmentation, draw_se
                       leave=False):
         images = store.images[start:start + batch_size]
         if augmentation is not None:
-            images = torch.stack([augmentation(image) for image in images])
+            images = augmentation(images)  # a batch augmentation (augment.build_batch_augmentation)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             chunks.append(net.forward_units(images, 0, level).to(torch.bfloat16))
     return torch.cat(chunks)

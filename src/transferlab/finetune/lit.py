@@ -23,8 +23,9 @@ def epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
 class StageModule(L.LightningModule):
     def __init__(self, net: FinetuneNet, recipe: Recipe, stage: Stage, stage_index: int,
                  trainable: list[str], level: int, class_weights: torch.Tensor | None,
-                 time_origin: float | None = None):
+                 time_origin: float | None = None, augment=None):
         super().__init__()
+        self.augment = augment  # batch augmentation, for stages that train from the images
         self.time_origin = time_origin if time_origin is not None else time.time()
         self.net = net
         self.recipe, self.stage, self.stage_index = recipe, stage, stage_index
@@ -78,6 +79,8 @@ class StageModule(L.LightningModule):
     def training_step(self, batch, batch_index):
         x, y = batch
         hard = y
+        if self.augment is not None:
+            x = self.augment(x)
         if self.level == 0 and (self.recipe.mixup > 0 or self.recipe.cutmix > 0):
             x, y = mix_batch(self.net.normalise(x), y, self.n_classes, self.recipe.mixup, self.recipe.cutmix)
         logits = self(x)

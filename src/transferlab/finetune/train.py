@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from transferlab.atomic import write_json
 from transferlab.backbones import create_backbone
@@ -32,11 +32,10 @@ from transferlab.evaluation import CamSource, SplitPredictions, evaluate_run
 from transferlab.explain.cam import target_layer
 from transferlab.features.extract import default_workers
 from transferlab.features.resolution import choose_resolution
-from transferlab.finetune.augment import build_augmentation
+from transferlab.finetune.augment import build_batch_augmentation
 from transferlab.finetune.curves import plot_training_curves
 from transferlab.finetune.data import (
     MAX_CACHE_BYTES,
-    AugmentedImages,
     DrawDataset,
     EpochSeededSampler,
     ImageStore,
@@ -113,7 +112,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult
     val_store = load_images(split.val, resolution, backbone.interpolation, config.workers, config.progress,
                             "decoding val")
     timings["decode"] = round(time.perf_counter() - t0, 3)
-    augmentation = build_augmentation(recipe.augment, resolution)
+    augmentation = build_batch_augmentation(recipe.augment, resolution)
     class_weights = _class_weights(train_store, len(scan.classes)) if recipe.balance == "weights" else None
 
     input_levels = cache_levels([_level(net, t) for t in trainables])
@@ -265,7 +264,8 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
         activation_cache.clear()  # a new cut point: the old cache is stale or unused from here on
     train_loader, val_loader = _loaders(net, recipe, index, level, draws, activation_cache, train_store,
                                         val_store, augmentation, precision, config.progress)
-    module = StageModule(net, recipe, stage, index, trainable, level, class_weights, wall_origin)
+    module = StageModule(net, recipe, stage, index, trainable, level, class_weights, wall_origin,
+                         augment=augmentation if level == 0 else None)
     checkpoint_dir = run.path / "checkpoints" / f"stage{index + 1}"
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max",
                                  save_last=True, save_top_k=1)
@@ -318,7 +318,7 @@ def _loaders(net, recipe, index, level, draws, activation_cache, train_store, va
         counts = torch.bincount(train_store.labels).float().clamp(min=1)
         weights = (1.0 / counts)[train_store.labels]
     if level == 0:
-        train = AugmentedImages(train_store, augmentation)
+        train = TensorDataset(train_store.images, train_store.labels)  # augmented per batch in the module
         val = val_store.images
     else:
         if level not in activation_cache:
