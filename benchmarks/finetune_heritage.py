@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plain-eval-every", type=int, default=100)
     parser.add_argument("--plain-epochs", type=int, default=3)
     parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--label", default="", help="write to a separate BENCHMARKS.md section with this suffix")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="tl-finetune-bench-") as tmp:
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     stage_lines = "\n".join(f"  - stage {s['index']} `{s['train']}`: {s['epochs_run']} epochs, best val acc "
                             f"{s['best_val_acc']:.4f}, {s['seconds']:.0f} s (cached below unit {s['level']})"
                             for s in ours["stages"])
-    body = f"""## Fine-tuning time to accuracy (Architectural Heritage)
+    suffix = f" ({args.label})" if args.label else ""
+    body = f"""## Fine-tuning time to accuracy (Architectural Heritage){suffix}
 
 - command: `{command_line(argv, 'benchmarks/finetune_heritage.py')}`
 - date: {now()}
@@ -118,7 +120,7 @@ Validation accuracy over elapsed time (transferlab, from the run start, decoding
 
 Reference (`{plain['command'] if plain else '-'}`; seconds from its first training step, its evaluations included): {plain_curve}
 """
-    update_section("finetune_heritage", body)
+    update_section("finetune_heritage" + (f"-{args.label}" if args.label else ""), body)
     print(body)
 
 

@@ -35,7 +35,9 @@ class RunInfo:
 
     @property
     def data_root(self) -> Path | None:
-        data = self.config.get("data")
+        # Probe runs keep it in config.yaml; fine-tuned runs keep a re-runnable recipe there
+        # and the data in metrics.json's summary.
+        data = self.config.get("data") or self.metrics.get("summary", {}).get("data")
         return resolve_folder(data) if data else None
 
     @property
