@@ -64,6 +64,12 @@ class RunDir:
         write_json(self.path / "run.json", {"kind": kind, "status": "running", "version": __version__,
                                             "started": _iso(self._started)})
 
+    def resume(self, kind: str) -> None:
+        """Mark a killed run as running again, keeping what it wrote (checkpoints, logs)."""
+        self._started = time.time()
+        write_json(self.path / "run.json", {"kind": kind, "status": "running", "version": __version__,
+                                            "started": _iso(self._started), "resumed": True})
+
     def finish(self, kind: str) -> None:
         write_json(self.path / "run.json", {"kind": kind, "status": "complete", "version": __version__,
                                             "started": _iso(self._started), "finished": _iso(time.time())})

@@ -213,8 +213,7 @@ def _open_state(run: RunDir, fingerprint: dict, resume: bool) -> dict:
                                f"'{old.get('recipe', {}).get('backbone')}', not '{fingerprint['recipe']['backbone']}'")
     if old.get("recipe") != fingerprint["recipe"]:
         raise TransferlabError(f"{run.path}: the recipe differs from the run's; resume without changing it")
-    write_json(run.path / "run.json", {"kind": "finetune", "status": "running", "resumed": time.strftime("%FT%T")})
-    run._started = time.time()
+    run.resume("finetune")
     return state
 
 
