@@ -64,6 +64,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
     }
 
 
@@ -71,6 +72,8 @@ def machine_line(info: dict) -> str:
     return (
         f"{info['nproc']} CPUs (nproc), {info['cpu']} [{', '.join(info['flags'])}], "
         f"torch {info['torch']} ({info['torch_threads']} intra-op threads), Python {info['python']}"
+        + (f"; load average at the end {info['loadavg'][0]} / {info['loadavg'][1]} / {info['loadavg'][2]} "
+           "(1/5/15 min; the machine is shared)" if info.get("loadavg") else "")
     )
 
 

@@ -112,19 +112,26 @@ def export_onnx(backbone, res: int, path: Path) -> dict:
 
     extractor = FeatureExtractor(backbone, ExtractionSettings(resolution=res, precision="fp32"))
 
-    class PooledFeatures(torch.nn.Module):
+    # The library's own nn.Module for the pooled multi-layer features (FeatureExtractor.network,
+    # transferlab.features.extract.PooledFeatures); older versions only had _forward_maps.
+    network = getattr(extractor, "network", None)
+
+    class Exported(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.model = extractor.model
-            self.register_buffer("mean", extractor.mean.clone())
-            self.register_buffer("std", extractor.std.clone())
+            self.network = network
+            # the same constants as transferlab's normalisation (uint8 scale)
+            self.register_buffer("mean", torch.tensor(backbone.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+            self.register_buffer("std", torch.tensor(backbone.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
         def forward(self, images):  # float32 (B, 3, R, R) in 0..255, as FeatureExtractor gets them
             x = (images - self.mean) / self.std
+            if self.network is not None:
+                return self.network(x)
             maps = extractor._forward_maps(x)
             return torch.cat([pool(m, extractor.settings.pool) for m in maps], dim=1)
 
-    module = PooledFeatures().eval()
+    module = Exported().eval()
     example = torch.rand(2, 3, res, res) * 255
     t0 = time.perf_counter()
     kwargs = dict(input_names=["images"], output_names=["features"],
@@ -222,33 +229,35 @@ def run(args) -> dict:
     native = backbone.native_size
     log(f"auto resolution: {auto_res} ({auto_reason}); native {native}; torch threads {torch.get_num_threads()}")
 
-    rows: dict[str, dict] = {}
+    rounds: list[dict[str, dict]] = []
     feats: dict[str, object] = {}
     onnx_info = None
     tmp = Path(tempfile.mkdtemp(prefix="tl-onnx-"))
     onnx_path = tmp / f"{args.backbone}-{res}.onnx"
 
-    def plain(label, r):
+    def timed(label, fn):
         log(f"{label} ...")
-        rows[label] = run_plain(args.data, arch, r, limit)
-        log(f"  {rows[label]}")
+        cpu0 = _cpu_seconds()
+        row, f = fn()
+        cpu = _cpu_seconds() - cpu0
+        row["cores_used"] = cpu / row.get("process_wall_s", row["seconds"])
+        row["img_per_cpu_s"] = row["images"] / cpu if cpu > 0 else float("nan")
+        rounds[-1][label] = row
+        if f is not None and label not in feats:
+            feats[label] = f
+        log(f"  {row}")
+
+    def plain(label, r):
+        timed(label, lambda: (run_plain(args.data, arch, r, limit), None))
 
     def tl(label, precision, workers, r=res):
-        log(f"{label} ...")
-        rows[label], f = run_transferlab(backbone, paths, r, precision, workers, bs)
-        if r == res:
-            feats[label] = f
-        log(f"  {rows[label]}")
+        timed(label, lambda: run_transferlab(backbone, paths, r, precision, workers, bs))
 
     def onnx(label, workers):
-        log(f"{label} ...")
-        rows[label], feats[label] = run_onnx(session, paths, res, backbone.interpolation, workers, bs)
-        log(f"  {rows[label]}")
+        timed(label, lambda: run_onnx(session, paths, res, backbone.interpolation, workers, bs))
 
     def eager(label, precision, workers):
-        log(f"{label} ...")
-        rows[label], feats[label] = run_eager_loop(backbone, paths, res, precision, workers, bs)
-        log(f"  {rows[label]}")
+        timed(label, lambda: run_eager_loop(backbone, paths, res, precision, workers, bs))
 
     session = None
     if not args.skip_onnx:
@@ -257,39 +266,79 @@ def run(args) -> dict:
         session.run(None, {"images": torch.zeros(1, 3, res, res).numpy()})  # build the session's kernels now
         log(f"ONNX export: {onnx_info}")
 
-    # Order: plain first, in the middle and last; each worker setting once per variant.
-    plain("plain #1", res)
-    tl("transferlab fp32, workers 0", "fp32", 0)
-    tl("transferlab bf16, workers 0", "bf16", 0)
-    if session is not None:
-        onnx("ONNX Runtime fp32, workers 0", 0)
-        eager("eager loop fp32, workers 0", "fp32", 0)
-        eager("eager loop bf16, workers 0", "bf16", 0)
-    plain("plain #2", res)
-    tl("transferlab fp32, workers 1", "fp32", 1)
-    tl("transferlab bf16, workers 1", "bf16", 1)
-    if session is not None:
-        onnx("ONNX Runtime fp32, workers 1", 1)
-    plain(f"plain @ native {native}", native)
-    tl(f"transferlab defaults @ auto {auto_res}", "bf16" if _auto_bf16() else "fp32", None, r=auto_res)
-    plain("plain #3", res)
+    auto_label = f"transferlab defaults @ auto {auto_res}"
+    native_label = f"plain @ native {native}"
+    for k in range(args.rounds):
+        log(f"--- round {k + 1} of {args.rounds}")
+        rounds.append({})
+        # Order: plain first, in the middle and last; each variant once per round.
+        plain("plain #1", res)
+        tl("transferlab fp32, workers 0", "fp32", 0)
+        tl("transferlab bf16, workers 0", "bf16", 0)
+        if session is not None:
+            onnx("ONNX Runtime fp32, workers 0", 0)
+            eager("eager loop fp32, workers 0", "fp32", 0)
+            eager("eager loop bf16, workers 0", "bf16", 0)
+        plain("plain #2", res)
+        tl("transferlab fp32, workers 1", "fp32", 1)
+        tl("transferlab bf16, workers 1", "bf16", 1)
+        if session is not None:
+            onnx("ONNX Runtime fp32, workers 1", 1)
+        plain(native_label, native)
+        tl(auto_label, "bf16" if _auto_bf16() else "fp32", None, r=auto_res)
+        plain("plain #3", res)
 
-    plain_runs = [v["img_per_s"] for k, v in rows.items() if k.startswith("plain #")]
+    # Per round: ratio to that round's mean plain at `res`; then the median over rounds.
+    rows: dict[str, dict] = {}
+    plain_means = []
+    for rnd in rounds:
+        plain_means.append(statistics.mean(v["img_per_s"] for k, v in rnd.items() if k.startswith("plain #")))
+    for label in rounds[0]:
+        values = [rnd[label]["img_per_s"] for rnd in rounds]
+        if label == auto_label:
+            ratios = [rnd[label]["img_per_s"] / rnd[native_label]["img_per_s"] for rnd in rounds]
+        elif label == native_label:
+            ratios = [None for _ in rounds]
+        else:
+            ratios = [rnd[label]["img_per_s"] / m for rnd, m in zip(rounds, plain_means)]
+        rows[label] = {
+            **rounds[0][label],
+            "img_per_s": statistics.median(values),
+            "all_img_per_s": [round(v, 1) for v in values],
+            "ratio": None if ratios[0] is None else statistics.median(ratios),
+            "cores_used": statistics.median(rnd[label]["cores_used"] for rnd in rounds),
+            "img_per_cpu_s": statistics.median(rnd[label]["img_per_cpu_s"] for rnd in rounds),
+        }
+    plain_runs = [rnd[k]["img_per_s"] for rnd in rounds for k in rnd if k.startswith("plain #")]
     plain_mean = statistics.mean(plain_runs)
     ref = feats["transferlab fp32, workers 0"]
-    diffs = {k: feature_diff(ref, v) for k, v in feats.items() if k != "transferlab fp32, workers 0"}
+    diffs = {k: feature_diff(ref, v) for k, v in feats.items()
+             if k != "transferlab fp32, workers 0" and getattr(v, "shape", None) == ref.shape}
     report = {
         "date": now(), "command": command_line(args.argv, __file__), "machine": machine_info(),
         "res": res, "limit": limit, "n": len(paths), "same_as_imagefolder": same_as_imagefolder,
         "auto_res": auto_res, "auto_reason": auto_reason, "native": native, "rows": rows, "diffs": diffs,
         "plain_mean": plain_mean, "plain_spread": [min(plain_runs), max(plain_runs)], "onnx": onnx_info,
-        "feature_dim": int(ref.shape[1]),
+        "feature_dim": int(ref.shape[1]), "rounds": args.rounds, "raw": rounds,
     }
     print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     if not args.no_write:
         update_section(f"extract_throughput:{args.backbone}@{res}", markdown(report, args))
         log("BENCHMARKS.md updated")
     return report
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its reaped children (workers, subprocesses)."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def _auto_bf16() -> bool:
@@ -298,16 +347,17 @@ def _auto_bf16() -> bool:
     return resolve_precision("auto") == "bf16"
 
 
-HEADERS = ["run", "img/s", "ratio to plain", "max abs diff vs fp32", "min / mean cosine vs fp32", "notes"]
+HEADERS = ["run", "img/s", "ratio to plain", "cores used", "img per CPU-s", "max abs diff vs fp32", "min / mean cosine vs fp32",
+           "notes"]
 
 
 def table_rows(report: dict) -> list[list]:
     rows = []
-    plain_mean = report["plain_mean"]
-    native_plain = report["rows"].get(f"plain @ native {report['native']}")
     for name, r in report["rows"].items():
         d = report["diffs"].get(name)
         notes = []
+        if report["rounds"] > 1:
+            notes.append("per round: " + ", ".join(fmt(v) for v in r["all_img_per_s"]))
         if name.startswith("transferlab") and "unique_extracted" in r and r["unique_extracted"] != r["images"]:
             notes.append(f"{r['unique_extracted']} unique files extracted")
         if "defaults" in name:
@@ -316,12 +366,14 @@ def table_rows(report: dict) -> list[list]:
             notes.append(f"process wall {r['process_wall_s']:.1f} s (start-up + model load included)")
         if name.startswith("eager loop"):
             notes.append("same loop as ONNX Runtime (no hashing/cache bookkeeping)")
-        if "native" in name or "defaults" in name:
-            ratio = "-" if "native" in name else f"{r['img_per_s'] / native_plain['img_per_s']:.2f}x vs plain @ native"
+        if r["ratio"] is None:
+            ratio = "-"
+        elif "defaults" in name:
+            ratio = f"**{r['ratio']:.2f}x vs plain @ native**"
         else:
-            ratio = f"{r['img_per_s'] / plain_mean:.2f}x"
+            ratio = f"{r['ratio']:.2f}x"
         rows.append([
-            name, fmt(r["img_per_s"]), ratio,
+            name, fmt(r["img_per_s"]), ratio, f"{r['cores_used']:.2f}", fmt(r["img_per_cpu_s"]),
             f"{d['max_abs']:.3g} ({d['max_abs_rel']:.2%} of max)" if d else "",
             f"{d['min_cos']:.5f} / {d['mean_cos']:.6f}" if d else "",
             "; ".join(notes),
@@ -333,14 +385,15 @@ def print_report(report: dict) -> None:
     print()
     print(md_table(HEADERS, table_rows(report)))
     print(f"\nplain @ {report['res']}: mean {report['plain_mean']:.1f} img/s over "
-          f"{sum(k.startswith('plain #') for k in report['rows'])} runs, spread {report['plain_spread']}")
+          f"{3 * report['rounds']} runs, spread {report['plain_spread']}")
     if report["onnx"]:
         print(f"ONNX: {report['onnx']}")
 
 
 def markdown(report: dict, args) -> str:
     gain_plain = report["rows"][f"plain @ native {report['native']}"]["img_per_s"]
-    gain_tl = next(v for k, v in report["rows"].items() if "defaults" in k)["img_per_s"]
+    gain_row = next(v for k, v in report["rows"].items() if "defaults" in k)
+    gain_tl, gain_ratio = gain_row["img_per_s"], gain_row["ratio"]
     lines = [
         f"## Feature-extraction throughput ({args.backbone}, {report['res']} px, {report['n']} images)",
         "",
@@ -350,8 +403,13 @@ def markdown(report: dict, args) -> str:
         f"- images: the first {report['n']} files of `{args.data}` in sorted class/file order "
         f"(identical to ImageFolder's first {args.limit}: {report['same_as_imagefolder']}); no feature cache",
         f"- plain = `{PLAIN_EXTRACT}` (eager fp32 NCHW, ImageFolder, batch 64, 1 worker, final pooled "
-        f"features only); ratio = img/s over the mean of the plain runs at {report['res']} px "
-        f"({report['plain_mean']:.1f} img/s; spread {report['plain_spread'][0]:.1f}-{report['plain_spread'][1]:.1f})",
+        f"features only); ratio = img/s over the mean of the same round's three plain runs at {report['res']} px, "
+        f"median over {report['rounds']} round(s); plain at {report['res']} px averaged {report['plain_mean']:.1f} img/s "
+        f"(spread {report['plain_spread'][0]:.1f}-{report['plain_spread'][1]:.1f}); img/s columns are medians over rounds",
+        "- cores used = CPU seconds (this process + reaped children: DataLoader workers, the plain subprocess) / "
+        "wall seconds; 2.0 is the whole machine, less means other work on the shared machine took the rest "
+        "(plain: over its whole process, start-up included); img per CPU-s = images / those CPU seconds, "
+        "less sensitive to the load than img/s (plain's is understated by its start-up)",
         f"- transferlab = `extract_features` (layers stage-2,head, {report['feature_dim']} dims, channels-last, "
         f"file hashing included), batch {args.batch_size}; img/s = images / wall time of the call",
     ]
@@ -361,14 +419,20 @@ def markdown(report: dict, args) -> str:
                      f"forward_intermediates + pool + concat), dynamic batch, {o['size_mb']} MB, "
                      f"CPUExecutionProvider, intra-op threads {args.ort_threads}, ORT_ENABLE_ALL; "
                      f"export {o['export_s']} s (not counted)")
+    cores = [r["cores_used"] for r in report["rows"].values()]
+    lines += ["- feature differences are against transferlab fp32 (workers 0) on the same images"]
+    if min(cores) < 1.5:
+        lines.append(
+            f"- **caution**: this run got {min(cores):.2f}-{max(cores):.2f} of the 2 cores (other jobs were running "
+            "on the shared machine), so absolute img/s are low and ratios carry the noise of changing load; "
+            "per-round figures show the spread")
     lines += [
-        "- feature differences are against transferlab fp32 (workers 0) on the same images",
         "",
         md_table(HEADERS, table_rows(report)),
         "",
         f"Gain from choosing the resolution: plain at native {report['native']} px runs at {gain_plain:.1f} img/s; "
         f"transferlab with its defaults picks {report['auto_res']} px ({report['auto_reason']}) and runs at "
-        f"{gain_tl:.1f} img/s: **{gain_tl / gain_plain:.2f}x**.",
+        f"{gain_tl:.1f} img/s: **{gain_ratio:.2f}x** (median over rounds of the per-round ratio).",
     ]
     return "\n".join(lines)
 
@@ -384,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--ort-threads", type=int, default=2, help="ONNX Runtime intra-op threads (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the whole sequence; report medians over rounds (default: %(default)s)")
     p.add_argument("--skip-onnx", action="store_true", help="leave out the ONNX Runtime variant")
+    p.add_argument("--json", default=str(Path(tempfile.gettempdir()) / "transferlab-extract-throughput.json"),
+                   help="also dump the raw report here (default: %(default)s)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     return p
 

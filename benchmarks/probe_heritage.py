@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -294,8 +295,31 @@ def study_plan() -> list[dict]:
     return plan
 
 
-def _key(cfg: dict) -> str:
-    return f"{cfg['resolution']}px {cfg['precision']} [{cfg['layers']}]"
+def _key(cfg: dict, seed: int | None = None, base_seed: int | None = None) -> str:
+    key = f"{cfg['resolution']}px {cfg['precision']} [{cfg['layers']}]"
+    return key if seed is None or seed == base_seed else f"{key} seed {seed}"
+
+
+def _seeds(args) -> list[int]:
+    extra = [int(v) for v in str(args.study_seeds).split(",") if v.strip()]
+    return [args.seed] + [v for v in extra if v != args.seed]
+
+
+def _over_seeds(done: dict, cfg: dict, args, field: str) -> list[float]:
+    values = []
+    for seed in _seeds(args):
+        r = done.get(_key(cfg, seed, args.seed))
+        if r and "error" not in r and r.get(field) is not None:
+            values.append(r[field])
+    return values
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.4f} (1)"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} ({len(values)})"
 
 
 def run_study(args) -> dict:
@@ -310,48 +334,58 @@ def run_study(args) -> dict:
                 done[row["key"]] = row
     common = dict(data=args.data, backbone=args.backbone, baseline=args.baseline, seed=args.seed,
                   val_fraction=args.val_fraction)
+    seeds = _seeds(args)
     try:
-        for i, cfg in enumerate(study_plan()):
-            key = _key(cfg)
-            if key in done and "error" not in done[key]:
-                log(f"[{i + 1}] {key}: already measured, skipped")
-                continue
-            log(f"[{i + 1}] {key} ...")
-            try:
-                row = probe_once(out=work / f"run-{i}", cache=cache, resolution=cfg["resolution"],
-                                 precision=cfg["precision"], layers=cfg["layers"].split(","), **common)
-            except Exception as exc:  # keep going: one failure should not cost the whole grid
-                import traceback
-                traceback.print_exc()
-                row = {"error": f"{type(exc).__name__}: {exc}"}
-            row = {"key": key, **cfg, **row}
-            done[key] = row
-            with open(results_path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            log(f"    {row}")
-            if not args.no_write:
-                update_section(f"probe_heritage_study:{args.backbone}", study_markdown(done, args))
+        # Seed-major: every configuration once (cold extractions) before the extra seeds, which
+        # only re-split and re-fit on cached features (the cache is keyed by file content).
+        for seed in seeds:
+            for i, cfg in enumerate(study_plan()):
+                key = _key(cfg, seed, args.seed)
+                if key in done and "error" not in done[key]:
+                    log(f"[{i + 1}] {key}: already measured, skipped")
+                    continue
+                log(f"[{i + 1}] {key} ...")
+                try:
+                    row = probe_once(out=work / f"run-{i}-{seed}", cache=cache, resolution=cfg["resolution"],
+                                     precision=cfg["precision"], layers=cfg["layers"].split(","),
+                                     **{**common, "seed": seed})
+                except Exception as exc:  # keep going: one failure should not cost the whole grid
+                    import traceback
+                    traceback.print_exc()
+                    row = {"error": f"{type(exc).__name__}: {exc}"}
+                row = {"key": key, **cfg, "seed": seed, **row}
+                done[key] = row
+                with open(results_path, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                log(f"    {row}")
+                if not args.no_write:
+                    update_section(f"probe_heritage_study:{args.backbone}", study_markdown(done, args))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if not args.no_write:
+        update_section(f"probe_heritage_study:{args.backbone}", study_markdown(done, args))
     print()
-    print(md_table(STUDY_HEADERS, _study_rows(done)))
+    print(md_table(STUDY_HEADERS, _study_rows(done, args)))
+    print()
+    print("\n".join(study_findings(done, args)))
     return done
 
 
 STUDY_HEADERS = ["resolution", "precision", "layers", "dims", "val acc", "val macro F1", "beats baseline",
-                 "extract img/s", "probe wall s (cold)"]
+                 "extract img/s", "probe wall s (cold)", "val acc over seeds: mean ± sd (n)",
+                 "val macro F1 over seeds"]
 
 
-def _study_rows(done: dict) -> list[list]:
+def _study_rows(done: dict, args) -> list[list]:
     rows = []
     for cfg in study_plan():
         r = done.get(_key(cfg))
         if r is None:
-            rows.append([cfg["resolution"], cfg["precision"], cfg["layers"], "", "(pending)", "", "", "", ""])
+            rows.append([cfg["resolution"], cfg["precision"], cfg["layers"], "", "(pending)", "", "", "", "", "", ""])
             continue
         if "error" in r:
-            rows.append([cfg["resolution"], cfg["precision"], cfg["layers"], "", r["error"], "", "", "", ""])
+            rows.append([cfg["resolution"], cfg["precision"], cfg["layers"], "", r["error"], "", "", "", "", "", ""])
             continue
         dims = re.search(r"(\d+) dims", str(r.get("layers")))
         cold = r["extracted"] > 0
@@ -360,6 +394,7 @@ def _study_rows(done: dict) -> list[list]:
             fmt(r["accuracy"], 4), fmt(r["macro_f1"], 4), f"{r['beats']}/{r['of']}",
             fmt(r["img_per_s"], 0) if r["img_per_s"] else "(cached)",
             fmt(r["wall_s"]) if cold else f"{fmt(r['wall_s'])} (cache hit)",
+            _mean_sd(_over_seeds(done, cfg, args, "accuracy")), _mean_sd(_over_seeds(done, cfg, args, "macro_f1")),
         ])
     return rows
 
@@ -377,8 +412,62 @@ def study_markdown(done: dict, args) -> str:
         "Rows run one after another on a shared machine, so compare speeds with care; the "
         "same-run ratios are in the extraction throughput section.",
         "",
-        md_table(STUDY_HEADERS, _study_rows(done)),
+        md_table(STUDY_HEADERS, _study_rows(done, args)),
+        "",
+        *study_findings(done, args),
     ])
+
+
+def study_findings(done: dict, args) -> list[str]:
+    """Computed observations: precision effect per resolution, the noise level, the best rows."""
+    import math
+
+    ok = {k: r for k, r in done.items()
+          if "error" not in r and r.get("accuracy") is not None and r.get("seed", args.seed) == args.seed}
+    if not ok:
+        return []
+    n_val = next((r["images"]["val"] for r in ok.values() if isinstance(r.get("images"), dict)), None)
+    lines = []
+    if n_val:
+        p = statistics.median(r["accuracy"] for r in ok.values())
+        se = math.sqrt(p * (1 - p) / n_val)
+        lines.append(f"- noise: {n_val} validation images, so one accuracy has a binomial standard error of about "
+                     f"{se:.4f} ({se * n_val:.0f} images); differences below ~{2 * se:.3f} are not meaningful.")
+    deltas = []
+    for res in STUDY_RESOLUTIONS:
+        a = ok.get(_key({"resolution": res, "precision": "fp32", "layers": "stage-2,head"}))
+        b = ok.get(_key({"resolution": res, "precision": "bf16", "layers": "stage-2,head"}))
+        if a and b:
+            deltas.append(f"{res}px {b['accuracy'] - a['accuracy']:+.4f}")
+    if deltas:
+        lines.append("- bf16 minus fp32 validation accuracy (stage-2,head): " + ", ".join(deltas) + ".")
+    if len(_seeds(args)) > 1:
+        paired = []
+        for res in STUDY_RESOLUTIONS:
+            a = _over_seeds(done, {"resolution": res, "precision": "fp32", "layers": "stage-2,head"}, args, "accuracy")
+            b = _over_seeds(done, {"resolution": res, "precision": "bf16", "layers": "stage-2,head"}, args, "accuracy")
+            if a and len(a) == len(b):
+                d = [y - x for x, y in zip(a, b)]
+                paired.append(f"{res}px {statistics.mean(d):+.4f} (bf16 higher in {sum(v > 0 for v in d)}/{len(d)})")
+        if paired:
+            lines.append(f"- same, paired over {len(_seeds(args))} seeds (split seeds {', '.join(map(str, _seeds(args)))}): "
+                         + ", ".join(paired) + ".")
+        base = {"resolution": STUDY_LAYER_RES, "precision": STUDY_LAYER_PRECISION, "layers": "stage-2,head"}
+        ref = _over_seeds(done, base, args, "accuracy")
+        comps = []
+        for cfg in study_plan():
+            if cfg == base:
+                continue
+            v = _over_seeds(done, cfg, args, "accuracy")
+            if ref and len(v) == len(ref):
+                d = [y - x for x, y in zip(ref, v)]
+                comps.append(f"{_key(cfg)} {statistics.mean(d):+.4f} (higher in {sum(x > 0 for x in d)}/{len(d)})")
+        if comps:
+            lines.append(f"- accuracy relative to {_key(base)}, paired over seeds: " + "; ".join(comps) + ".")
+    best = max(ok.values(), key=lambda r: (r["accuracy"], r["macro_f1"]))
+    lines.append(f"- best accuracy: {best['key']} at {best['accuracy']:.4f} (macro F1 {best['macro_f1']:.4f}, "
+                 f"beats {best['beats']}/{best['of']}).")
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -400,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature cache for the study, kept between runs (default: %(default)s)")
     p.add_argument("--study-results", default=os.path.join(tempfile.gettempdir(), "transferlab-study.jsonl"),
                    help="JSON lines file the study appends each row to (default: %(default)s)")
+    p.add_argument("--study-seeds", default="",
+                   help="study: extra split seeds (comma-separated) run on the cached features of every "
+                        "configuration, for mean ± sd and paired differences (default: none)")
     p.add_argument("--fresh", action="store_true", help="study: ignore rows already in --study-results")
     p.add_argument("--work-dir", help="where run folders go (default: a temporary dir, removed afterwards)")
     p.add_argument("--keep", action="store_true", help="keep the run folders")
