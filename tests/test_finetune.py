@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -216,3 +218,74 @@ def test_kill_9_in_second_stage_then_resume_matches(tmp_path, data):
     assert abs(a["val"]["accuracy"] - b["val"]["accuracy"]) <= 0.005
     assert [s["best_val_acc"] for s in a["stages"]] == pytest.approx([s["best_val_acc"] for s in b["stages"]], abs=0.005)
     assert a["stages"][-1]["epochs_run"] == b["stages"][-1]["epochs_run"]
+
+
+def test_lr_finder_sweeps_the_first_stage_and_leaves_the_network_as_it_was(tmp_path, data, monkeypatch):
+    from transferlab.finetune import lr_find
+
+    prepared = {}
+    original_prepare = lr_find.prepare_training
+
+    def remember(config):
+        prepared["setup"] = original_prepare(config)
+        prepared["before"] = {k: v.clone() for k, v in prepared["setup"].net.state_dict().items()}
+        return prepared["setup"]
+
+    monkeypatch.setattr(lr_find, "prepare_training", remember)
+    recipe = tiny_recipe(stages=[{"train": "head", "epochs": 1, "lr": 0.01}])
+    config = FinetuneConfig(data=str(data), out=str(tmp_path / "lr"), recipe=recipe, progress=False)
+    result = lr_find.find_learning_rate(config, min_lr=1e-5, max_lr=1.0, steps=30)
+
+    assert result.stage == "head" and result.recipe_lr == 0.01
+    assert 20 <= len(result.lrs) <= 30 and len(result.losses) == len(result.lrs)
+    assert result.lrs == sorted(result.lrs) and result.lrs[0] < 1e-4 < result.lrs[-1]
+    assert result.suggestion is not None and 1e-5 <= result.suggestion <= 1.0
+    record = json.loads(result.record.read_text())
+    assert record["suggestion"] == result.suggestion and record["cached_below_unit"] > 0  # head-only: cached input
+    assert result.plot.stat().st_size > 1000
+    after = prepared["setup"].net.state_dict()
+    assert all(torch.equal(prepared["before"][k], after[k]) for k in after), "the range test changed the weights"
+
+
+def test_lr_finder_cli_rejects_a_bad_step_count(tmp_path, data):
+    completed = subprocess.run(_cli(data, "--backbone", "test_resnet", "--find-lr", "--lr-find-steps", "5",
+                                    "--out", tmp_path / "lr", "--quiet"), capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    assert "--lr-find-steps must be at least 20" in completed.stderr
+
+
+def test_two_cpu_processes_train_with_ddp_gloo(tmp_path, data):
+    """`--processes 2`: Lightning's ddp_spawn on gloo; each process trains on half of every epoch."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = tmp_path / "ddp"
+    completed = subprocess.run(_cli(data, "--backbone", "test_efficientnet", "--resolution", "48", "--precision",
+                                    "fp32", "--batch-size", "4", "--stages", "head-only", "--processes", "2",
+                                    "--out", out, "--quiet"), env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    stage = metrics["stages"][0]
+    assert stage["processes"] == 2
+    n_train = metrics["summary"]["images"]["train"]
+    logged = [row for row in csv.DictReader(open(out / "logs" / "stage1" / "version_0" / "metrics.csv"))
+              if row.get("val_acc")]
+    assert len(logged) >= 1
+    # Each epoch every process gets ceil(n/2) samples (DistributedSampler), so an epoch is
+    # half the optimizer steps one process would take: proof that the data was sharded.
+    steps_one_process = n_train // 4
+    steps_per_epoch = int(float(logged[0]["step"])) + 1
+    assert steps_per_epoch == -(-n_train // 2) // 4 < steps_one_process
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_lr_suggestion_is_the_steepest_fall_per_decade_before_the_minimum():
+    from transferlab.finetune.lr_find import suggest_learning_rate
+
+    lrs = list(np.logspace(-6, 0, 100))
+    # Flat, barely sloping down at the low end (where a slope against the linear rate is
+    # largest), a fall centred on 1e-2, then divergence past 1e-1.
+    losses = [2.3 - 1e-3 * np.log10(lr / 1e-6) - 1.0 / (1 + np.exp(-4 * (np.log10(lr) + 2)))
+              + (50 * (lr - 0.1) if lr > 0.1 else 0.0) for lr in lrs]
+    suggestion = suggest_learning_rate(lrs, losses)
+    assert 10 ** -2.2 < suggestion < 10 ** -1.8
+    assert suggest_learning_rate(lrs, [1.0 + 0.1 * i for i in range(100)]) is None  # never falls
+    assert suggest_learning_rate(lrs[:12], losses[:12]) is None  # too few steps after the warm-up

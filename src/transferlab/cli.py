@@ -127,6 +127,10 @@ def finetune(
     baseline: Annotated[Optional[Path], typer.Option(help="CSV with columns class,f1 to compare per class against.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<data>-<backbone>-finetune).")] = None,
     mlflow: Annotated[Optional[str], typer.Option(help="Also log to this MLflow tracking URI.")] = None,
+    find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run a learning-rate range test on the first stage "
+                                          "(Lightning's LR finder): print the suggested lr, write lr_find.json and "
+                                          "plots/lr_find.png under --out, train nothing.")] = False,
+    lr_find_steps: Annotated[int, typer.Option(help="Batches in the --find-lr range test (1e-6 to 1).")] = 100,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Fine-tune a backbone with a configurable head and staged unfreezing; same report as the probe.
@@ -147,10 +151,28 @@ def finetune(
     overrides = {"backbone": backbone, "stages": stages, "augment": augment, "resolution": resolution,
                  "precision": precision, "batch_size": batch_size, "tta": tta, "processes": processes, "seed": seed}
     resolved = load_recipe(recipe, overrides)
-    run_dir = out or Path("runs") / f"{Path(data).resolve().name}-{resolved.backbone}-finetune"
+    kind = "lr-find" if find_lr else "finetune"
+    run_dir = out or Path("runs") / f"{Path(data).resolve().name}-{resolved.backbone}-{kind}"
     config = FinetuneConfig(data=str(data), out=str(run_dir), recipe=resolved, test=str(test) if test else None,
                             baseline=str(baseline) if baseline else None, mlflow_uri=mlflow, progress=not quiet)
+    if find_lr:
+        _print_lr_find(config, lr_find_steps)
+        return
     _print_finetune_result(run_finetune(config))
+
+
+def _print_lr_find(config, steps: int) -> None:
+    from transferlab.finetune.lr_find import find_learning_rate
+
+    result = find_learning_rate(config, steps=steps)
+    if result.suggestion is None:
+        console.print(f"no suggestion: the loss never fell steadily over {len(result.lrs)} steps; "
+                      "look at the plot, or raise --lr-find-steps", highlight=False)
+    else:
+        console.print(f"suggested lr for the first stage ({result.stage}): [bold]{result.suggestion:.2g}[/bold] "
+                      f"(the recipe has {result.recipe_lr:g}); "
+                      "set it as the stage's lr in the recipe", highlight=False)
+    console.print(f"curve: {result.plot}\nrecord: {result.record}", highlight=False)
 
 
 def _print_finetune_result(result) -> None:

@@ -32,6 +32,7 @@ class StageModule(L.LightningModule):
         self.trainable, self.level = trainable, level
         self.class_weights = class_weights
         self.n_classes = net.head.classifier.out_features
+        self.loss_trace: list[float] | None = None  # a list: every step's raw loss is kept (LR range test)
         self._freeze()
 
     def _freeze(self) -> None:
@@ -86,6 +87,8 @@ class StageModule(L.LightningModule):
         logits = self(x)
         loss = self._loss(logits, y) + self.net.head.penalty()
         accuracy = (logits.argmax(dim=1) == hard).float().mean()
+        if self.loss_trace is not None:
+            self.loss_trace.append(float(loss.detach()))
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train_acc", accuracy, prog_bar=True, on_step=False, on_epoch=True)
         return loss
@@ -93,8 +96,11 @@ class StageModule(L.LightningModule):
     def validation_step(self, batch, batch_index):
         x, y = batch
         logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits.float(), y), prog_bar=True, on_epoch=True)
-        self.log("val_acc", (logits.argmax(dim=1) == y).float().mean(), prog_bar=True, on_epoch=True)
+        # sync_dist: under DDP each process sees a shard of the validation set; early stopping and
+        # the best checkpoint must watch the mean over all of them (a no-op in one process).
+        self.log("val_loss", F.cross_entropy(logits.float(), y), prog_bar=True, on_epoch=True, sync_dist=True)
+        self.log("val_acc", (logits.argmax(dim=1) == y).float().mean(), prog_bar=True, on_epoch=True,
+                 sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         # Wall time since the run started: accuracy-over-time curves for benchmarks.

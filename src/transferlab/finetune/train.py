@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from transferlab.atomic import write_json
 from transferlab.backbones import create_backbone
-from transferlab.data.folder import scan_folder
-from transferlab.data.split import save_split, stratified_split
+from transferlab.backbones.registry import Backbone
+from transferlab.data.folder import FolderScan, scan_folder
+from transferlab.data.split import Split, save_split, stratified_split
 from transferlab.errors import TransferlabError
 from transferlab.evaluation import CamSource, SplitPredictions, evaluate_run
 from transferlab.explain.cam import target_layer
@@ -78,16 +79,24 @@ class FinetuneResult:
     baseline_table: str | None
 
 
-def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult:
-    started = time.perf_counter()
-    wall_origin = time.time()
+@dataclass
+class TrainingSetup:
+    """What every stage needs, built (and checked) before any image is decoded."""
+
+    scan: FolderScan
+    split: Split
+    backbone: Backbone
+    resolution: int
+    precision: str
+    net: FinetuneNet
+    stages: list[Stage]
+    trainables: list[list[str]]  # the block groups each stage trains
+
+
+def prepare_training(config: FinetuneConfig) -> TrainingSetup:
     recipe = config.recipe
-    if config.baseline is not None and not Path(config.baseline).is_file():
-        raise TransferlabError(f"{config.baseline}: baseline CSV not found")
-    baseline = load_baseline(config.baseline) if config.baseline else None
     scan = scan_folder(config.data)
     split = stratified_split(scan, recipe.val_fraction, recipe.seed, recipe.per_class)
-    test_scan = scan_folder(config.test, classes=scan.classes) if config.test else None
     backbone = create_backbone(recipe.backbone, recipe.weights)
     resolution = recipe.resolution or choose_resolution([s.path for s in split.train], backbone.native_size)[0]
     precision = resolve_precision(recipe.precision)
@@ -95,6 +104,20 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult
     stages = resolve_stages(recipe, list(net.group_params))
     all_groups = list(net.group_params) + ["head"]
     trainables = [expand_group_spec(stage.train, all_groups) for stage in stages]  # fails before training
+    return TrainingSetup(scan, split, backbone, resolution, precision, net, stages, trainables)
+
+
+def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult:
+    started = time.perf_counter()
+    wall_origin = time.time()
+    recipe = config.recipe
+    if config.baseline is not None and not Path(config.baseline).is_file():
+        raise TransferlabError(f"{config.baseline}: baseline CSV not found")
+    baseline = load_baseline(config.baseline) if config.baseline else None
+    setup = prepare_training(config)
+    scan, split, backbone, net = setup.scan, setup.split, setup.backbone, setup.net
+    resolution, precision, stages, trainables = setup.resolution, setup.precision, setup.stages, setup.trainables
+    test_scan = scan_folder(config.test, classes=scan.classes) if config.test else None
 
     run = RunDir(config.out)
     fingerprint = _fingerprint(config, split, scan.classes)
@@ -113,9 +136,9 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult
                             "decoding val")
     timings["decode"] = round(time.perf_counter() - t0, 3)
     augmentation = build_batch_augmentation(recipe.augment, resolution)
-    class_weights = _class_weights(train_store, len(scan.classes)) if recipe.balance == "weights" else None
+    class_weights = class_weights_of(train_store, len(scan.classes)) if recipe.balance == "weights" else None
 
-    input_levels = cache_levels([_level(net, t) for t in trainables])
+    input_levels = cache_levels([first_trained_unit(net, t) for t in trainables])
     activation_cache: dict = {}
     for index, (stage, trainable) in enumerate(zip(stages, trainables)):
         if index < len(state["stages"]):
@@ -217,12 +240,12 @@ def _open_state(run: RunDir, fingerprint: dict, resume: bool) -> dict:
     return state
 
 
-def _class_weights(store: ImageStore, n_classes: int) -> torch.Tensor:
+def class_weights_of(store: ImageStore, n_classes: int) -> torch.Tensor:
     counts = torch.bincount(store.labels, minlength=n_classes).float().clamp(min=1)
     return counts.sum() / (n_classes * counts)
 
 
-def _level(net: FinetuneNet, trainable: list[str]) -> int:
+def first_trained_unit(net: FinetuneNet, trainable: list[str]) -> int:
     """The first unit that trains: everything below it is frozen and can be cached."""
     for index, groups in enumerate(net.unit_groups()):
         if any(g in trainable for g in groups):
@@ -273,7 +296,7 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
         from lightning.pytorch.loggers import MLFlowLogger
 
         loggers.append(MLFlowLogger(experiment_name="transferlab", tracking_uri=config.mlflow_uri))
-    _quiet_lightning()
+    quiet_lightning()
     trainer = L.Trainer(
         max_epochs=stage.epochs,
         accelerator="cpu",
@@ -298,13 +321,14 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
     best_path = checkpoint.best_model_path or str(last)
     return {
         "level": level,
+        "processes": trainer.world_size,
         "epochs_run": trainer.current_epoch,
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else 0.0,
         "best_checkpoint": str(Path(best_path).resolve()),
     }
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     """Lightning's banners (GPU/TPU availability, tips) say nothing useful on a CPU run."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
