@@ -19,6 +19,7 @@ import torch
 from tests.conftest import make_image_folder
 from transferlab.backbones import REGISTRY
 from transferlab.errors import TransferlabError
+from transferlab.finetune.curves import keep_partial_log, read_epoch_metrics, stage_log_dir
 from transferlab.finetune.groups import backbone_groups, expand_group_spec
 from transferlab.finetune.head import Head
 from transferlab.finetune.lit import StageModule
@@ -218,6 +219,12 @@ def test_kill_9_in_second_stage_then_resume_matches(tmp_path, data):
     assert abs(a["val"]["accuracy"] - b["val"]["accuracy"]) <= 0.005
     assert [s["best_val_acc"] for s in a["stages"]] == pytest.approx([s["best_val_acc"] for s in b["stages"]], abs=0.005)
     assert a["stages"][-1]["epochs_run"] == b["stages"][-1]["epochs_run"]
+    # Exact, not only close: every epoch's randomness derives from (seed, stage, epoch) and
+    # nothing else (the dropout masks included), so the resumed run computes the same numbers.
+    assert (killed / "predictions.csv").read_text() == (straight / "predictions.csv").read_text()
+    # And the epochs logged before the kill are still in the training log.
+    untimed = lambda rows: [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]  # noqa: E731
+    assert untimed(read_epoch_metrics(killed / "logs", 2)) == untimed(read_epoch_metrics(straight / "logs", 2))
 
 
 def test_lr_finder_sweeps_the_first_stage_and_leaves_the_network_as_it_was(tmp_path, data, monkeypatch):
@@ -289,3 +296,37 @@ def test_lr_suggestion_is_the_steepest_fall_per_decade_before_the_minimum():
     assert 10 ** -2.2 < suggestion < 10 ** -1.8
     assert suggest_learning_rate(lrs, [1.0 + 0.1 * i for i in range(100)]) is None  # never falls
     assert suggest_learning_rate(lrs[:12], losses[:12]) is None  # too few steps after the warm-up
+
+
+def test_same_seed_builds_the_same_network_in_every_process(tmp_path, data):
+    """torch seeds itself differently in each process: the head must come from the recipe's seed."""
+    code = ("import sys, hashlib, torch\n"
+            "from transferlab.finetune.recipe import load_recipe\n"
+            "from transferlab.finetune.train import FinetuneConfig, prepare_training\n"
+            "recipe = load_recipe(None, {'backbone': 'test_efficientnet', 'resolution': 48, 'seed': int(sys.argv[2])})\n"
+            "net = prepare_training(FinetuneConfig(data=sys.argv[1], out='unused', recipe=recipe)).net\n"
+            "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in net.state_dict().values())).hexdigest())\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+    def weights_hash(seed: int) -> str:
+        return subprocess.run([sys.executable, "-c", code, str(data), str(seed)], env=env, check=True,
+                              capture_output=True, text=True, timeout=120).stdout.strip()
+
+    first, second, other_seed = weights_hash(0), weights_hash(0), weights_hash(1)
+    assert first == second
+    assert first != other_seed
+
+
+def test_a_resumed_stage_keeps_the_epochs_logged_before_the_kill(tmp_path):
+    log_dir = stage_log_dir(tmp_path / "logs", 1)
+    log_dir.mkdir(parents=True)
+    header = "epoch,step,train_acc,val_acc,val_loss\n"
+    (log_dir / "metrics.csv").write_text(header + "0,9,0.5,0.6,1.0\n1,19,0.7,0.65,0.9\n2,24,,,\n")  # killed in epoch 2
+    assert keep_partial_log(log_dir) == log_dir / "metrics.part1.csv"
+    assert keep_partial_log(log_dir) is None  # nothing left to move
+    (log_dir / "metrics.csv").write_text(header + "2,29,0.8,0.7,0.8\n")  # the resumed process redoes epoch 2
+    (log_dir / "metrics.part1.csv").rename(log_dir / "metrics.part1.csv")
+    assert keep_partial_log(log_dir) == log_dir / "metrics.part2.csv"  # killed again: a second part
+    (log_dir / "metrics.csv").write_text(header + "3,39,0.85,0.75,0.7\n")
+    rows = read_epoch_metrics(tmp_path / "logs", 1)
+    assert [(r["epoch"], r["val_acc"]) for r in rows] == [(1, 0.6), (2, 0.65), (3, 0.7), (4, 0.75)]

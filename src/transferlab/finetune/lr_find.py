@@ -34,6 +34,7 @@ from transferlab.finetune.data import (
     activation_bytes,
     cached_activations,
     load_images,
+    own_generator,
 )
 from transferlab.finetune.lit import StageModule, epoch_seed
 from transferlab.finetune.train import (
@@ -81,7 +82,7 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
         dataset = TensorDataset(store.images, store.labels)
     sampler = EpochSeededSampler(len(dataset), epoch_seed(recipe.seed, 0, 0))
     loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler,
-                        drop_last=len(dataset) > recipe.batch_size)
+                        drop_last=len(dataset) > recipe.batch_size, generator=own_generator(recipe.seed))
     class_weights = class_weights_of(store, len(setup.scan.classes)) if recipe.balance == "weights" else None
     module = StageModule(net, recipe, stage, 0, trainable, level, class_weights,
                          augment=augmentation if level == 0 else None)

@@ -34,7 +34,7 @@ from transferlab.explain.cam import target_layer
 from transferlab.features.extract import default_workers
 from transferlab.features.resolution import choose_resolution
 from transferlab.finetune.augment import build_batch_augmentation
-from transferlab.finetune.curves import plot_training_curves
+from transferlab.finetune.curves import keep_partial_log, plot_training_curves, stage_log_dir
 from transferlab.finetune.data import (
     MAX_CACHE_BYTES,
     DrawDataset,
@@ -43,6 +43,7 @@ from transferlab.finetune.data import (
     activation_bytes,
     cached_activations,
     load_images,
+    own_generator,
     tensor_loader,
 )
 from transferlab.finetune.groups import expand_group_spec
@@ -100,6 +101,9 @@ def prepare_training(config: FinetuneConfig) -> TrainingSetup:
     backbone = create_backbone(recipe.backbone, recipe.weights)
     resolution = recipe.resolution or choose_resolution([s.path for s in split.train], backbone.native_size)[0]
     precision = resolve_precision(recipe.precision)
+    # The head's initial weights are drawn here, and torch's start-up seed differs in every
+    # process: without this, two runs of one recipe would start from different heads.
+    torch.manual_seed(recipe.seed)
     net = FinetuneNet(backbone.model, len(scan.classes), recipe.head, backbone.mean, backbone.std)
     stages = resolve_stages(recipe, list(net.group_params))
     all_groups = list(net.group_params) + ["head"]
@@ -291,6 +295,9 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
     checkpoint_dir = run.path / "checkpoints" / f"stage{index + 1}"
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max",
                                  save_last=True, save_top_k=1)
+    last = checkpoint_dir / "last.ckpt"
+    if last.exists():
+        keep_partial_log(stage_log_dir(run.path / "logs", index + 1))
     loggers = [CSVLogger(run.path / "logs", name=f"stage{index + 1}", version=0)]
     if config.mlflow_uri:
         from lightning.pytorch.loggers import MLFlowLogger
@@ -311,11 +318,11 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
         log_every_n_steps=10,
         deterministic=False,
     )
-    last = checkpoint_dir / "last.ckpt"
     with warnings.catch_warnings():
         # Expected here: frozen units sit in eval mode, data is in memory (no workers needed).
         for message in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*",
-                        ".*smaller than the logging interval.*", ".*LeafSpec.*", ".*ModelCheckpoint.*"):
+                        ".*smaller than the logging interval.*", ".*LeafSpec.*", ".*ModelCheckpoint.*",
+                        ".*Experiment logs directory.*"):  # a resumed stage's log was moved aside first
             warnings.filterwarnings("ignore", message)
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.exists() else None)
     best_path = checkpoint.best_model_path or str(last)
@@ -355,9 +362,13 @@ def _loaders(net, recipe, index, level, draws, activation_cache, train_store, va
         cached, val = activation_cache[level]
         train = DrawDataset(cached, train_store.labels)
     sampler = EpochSeededSampler(len(train), epoch_seed(recipe.seed, index, 0), weights)
+    single = recipe.processes == 1  # see own_generator
     train_loader = DataLoader(train, batch_size=recipe.batch_size, sampler=sampler,
-                              drop_last=len(train) > recipe.batch_size)
-    return train_loader, tensor_loader(val, val_store.labels, max(recipe.batch_size, 128))
+                              drop_last=len(train) > recipe.batch_size,
+                              generator=own_generator(recipe.seed) if single else None)
+    val_loader = tensor_loader(val, val_store.labels, max(recipe.batch_size, 128),
+                               own_generator(recipe.seed) if single else None)
+    return train_loader, val_loader
 
 
 def _load_weights(net: FinetuneNet, checkpoint_path: str) -> None:
