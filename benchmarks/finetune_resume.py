@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--straight-runs", type=int, default=2,
                         help="uninterrupted runs: a second one measures run-to-run variation (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.straight_runs < 1:
+        parser.error("--straight-runs must be at least 1")
 
     with tempfile.TemporaryDirectory(prefix="tl-resume-bench-") as tmp:
         straights = []

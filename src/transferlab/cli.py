@@ -130,7 +130,8 @@ def finetune(
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run a learning-rate range test on the first stage "
                                           "(Lightning's LR finder): print the suggested lr, write lr_find.json and "
                                           "plots/lr_find.png under --out, train nothing.")] = False,
-    lr_find_steps: Annotated[int, typer.Option(help="Batches in the --find-lr range test (1e-6 to 1).")] = 100,
+    lr_find_steps: Annotated[Optional[int], typer.Option(help="Batches in the --find-lr range test, from lr 1e-6 "
+                                                              "to 1 (default 100).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     """Fine-tune a backbone with a configurable head and staged unfreezing; same report as the probe.
@@ -140,7 +141,11 @@ def finetune(
     from transferlab.finetune.recipe import load_recipe
     from transferlab.finetune.train import FinetuneConfig, resume_config, run_finetune
 
+    if lr_find_steps is not None and not find_lr:
+        raise TransferlabError("--lr-find-steps goes with --find-lr")
     if resume is not None:
+        if find_lr:
+            raise TransferlabError("--find-lr tests a recipe before training; it cannot be combined with --resume")
         if any(v is not None for v in (recipe, stages, augment, resolution, precision, batch_size, tta, seed)):
             raise TransferlabError("--resume continues a run with its own recipe; drop the recipe options")
         config = resume_config(resume, data=str(data) if data else None, backbone=backbone, progress=not quiet)
@@ -156,7 +161,7 @@ def finetune(
     config = FinetuneConfig(data=str(data), out=str(run_dir), recipe=resolved, test=str(test) if test else None,
                             baseline=str(baseline) if baseline else None, mlflow_uri=mlflow, progress=not quiet)
     if find_lr:
-        _print_lr_find(config, lr_find_steps)
+        _print_lr_find(config, 100 if lr_find_steps is None else lr_find_steps)
         return
     _print_finetune_result(run_finetune(config))
 
@@ -170,8 +175,8 @@ def _print_lr_find(config, steps: int) -> None:
                       "look at the plot, or raise --lr-find-steps", highlight=False)
     else:
         console.print(f"suggested lr for the first stage ({result.stage}): [bold]{result.suggestion:.2g}[/bold] "
-                      f"(the recipe has {result.recipe_lr:g}); "
-                      "set it as the stage's lr in the recipe", highlight=False)
+                      f"(the recipe has {result.lr_field}: {result.recipe_lr:g}); "
+                      f"set it as the first stage's {result.lr_field} in the recipe", highlight=False)
     console.print(f"curve: {result.plot}\nrecord: {result.record}", highlight=False)
 
 

@@ -96,9 +96,10 @@ def own_generator(seed: int) -> torch.Generator:
     iterator before `on_train_epoch_start` reseeds the global RNG, in other epochs after it:
     that one extra draw shifted the dropout masks of the resumed run (measured: 0.2 points
     apart on Architectural Heritage). With its own generator a loader leaves the global
-    stream alone. (Not under `processes > 1`: ddp_spawn pickles the loaders into its
-    processes and a generator does not survive that; there Lightning wraps the sampler in
-    its own distributed one anyway, so exact resume is a single-process guarantee.)
+    stream alone. (Not under `processes > 1`: starting ddp_spawn's processes with a loader
+    that holds a generator failed here with "ValueError: bad value(s) in fds_to_keep";
+    there Lightning wraps the sampler in its own distributed one anyway, so exact resume
+    is a single-process guarantee.)
     """
     return torch.Generator().manual_seed(seed)
 
@@ -106,6 +107,12 @@ def own_generator(seed: int) -> torch.Generator:
 def tensor_loader(tensors: torch.Tensor, labels: torch.Tensor, batch_size: int,
                   generator: torch.Generator | None = None) -> DataLoader:
     return DataLoader(TensorDataset(tensors, labels), batch_size=batch_size, shuffle=False, generator=generator)
+
+
+def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights that draw every class equally often (balance: sampler)."""
+    counts = torch.bincount(labels).float().clamp(min=1)
+    return (1.0 / counts)[labels]
 
 
 class EpochSeededSampler(torch.utils.data.Sampler):

@@ -3,7 +3,7 @@
 The learning rate grows exponentially from `min_lr` to `max_lr` over `steps` batches while
 the training loss is recorded; the suggestion is the rate where the loss falls fastest
 per decade (see `suggest_learning_rate`).
-The test trains exactly what the first stage trains, on the same inputs: when the lower
+The test trains what the first stage trains, on the same inputs (and sampler): when the lower
 units are frozen it runs on their cached activations (one augmentation draw), so on a CPU
 it costs one caching pass plus `steps` cheap batches. Nothing of the run is kept: the
 network is restored afterwards, and only `lr_find.json` and `plots/lr_find.png` are written.
@@ -32,6 +32,7 @@ from transferlab.finetune.data import (
     DrawDataset,
     EpochSeededSampler,
     activation_bytes,
+    balanced_sample_weights,
     cached_activations,
     load_images,
     own_generator,
@@ -53,7 +54,8 @@ class LrFindResult:
     lrs: list[float]
     losses: list[float]
     stage: str  # what the first stage trains, e.g. "head"
-    recipe_lr: float  # the first stage's lr as the recipe has it
+    recipe_lr: float  # the first stage's rate as the recipe has it, in field `lr_field`
+    lr_field: str  # "head_lr" for a head-only stage that sets it, else "lr"
     record: Path
     plot: Path
 
@@ -80,7 +82,8 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
         dataset = DrawDataset([activations], store.labels)
     else:
         dataset = TensorDataset(store.images, store.labels)
-    sampler = EpochSeededSampler(len(dataset), epoch_seed(recipe.seed, 0, 0))
+    weights = balanced_sample_weights(store.labels) if recipe.balance == "sampler" else None
+    sampler = EpochSeededSampler(len(dataset), epoch_seed(recipe.seed, 0, 0), weights)
     loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler,
                         drop_last=len(dataset) > recipe.batch_size, generator=own_generator(recipe.seed))
     class_weights = class_weights_of(store, len(setup.scan.classes)) if recipe.balance == "weights" else None
@@ -108,24 +111,31 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
                 warnings.filterwarnings("ignore", message)
             # The range test draws its own progress bar whatever the Trainer says: --quiet hides it.
             with contextlib.nullcontext() if config.progress else contextlib.redirect_stderr(io.StringIO()):
+                # early_stop_threshold=None: Lightning's divergence check runs on its own
+                # mis-smoothed losses; the sweep is cut below, on ours.
                 finder = Tuner(trainer).lr_find(module, train_dataloaders=loader, min_lr=min_lr, max_lr=max_lr,
-                                                num_training=steps, update_attr=False)
+                                                num_training=steps, update_attr=False, early_stop_threshold=None)
     # Lightning's own smoothed losses are biased low over the first few dozen steps (its bias
     # correction counts from global_step + 1, already 1 at the first point: the first value
     # is half the true loss); smooth the raw per-step losses instead.
     raw = module.loss_trace[:len(finder.results.get("lr", []))]
     lrs = [float(v) for v in finder.results.get("lr", [])][:len(raw)]
-    losses = smoothed(raw)
+    lrs, raw, losses = cut_at_divergence(lrs, raw)
     suggestion = suggest_learning_rate(lrs, losses)
 
+    # The sweep gives every parameter group the same rate. A head-only stage trains with
+    # head_lr when it sets one; otherwise the suggestion is for lr (head_lr and layer_decay
+    # then stay relative choices of the recipe).
+    lr_field = "head_lr" if trainable == ["head"] and stage.head_lr else "lr"
+    recipe_lr = float(getattr(stage, lr_field))
     out = Path(config.out)
     record = out / "lr_find.json"
-    write_json(record, {"stage": stage.train, "recipe_lr": stage.lr, "suggestion": suggestion,
+    write_json(record, {"stage": stage.train, "lr_field": lr_field, "recipe_lr": recipe_lr, "suggestion": suggestion,
                         "min_lr": min_lr, "max_lr": max_lr, "steps": len(lrs), "lr": lrs, "loss": losses, "raw_loss": raw,
                         "resolution": setup.resolution, "precision": setup.precision,
                         "cached_below_unit": level})
-    plot = plot_lr_find(lrs, losses, suggestion, stage.lr, out / "plots" / "lr_find.png")
-    return LrFindResult(suggestion, lrs, losses, stage.train, stage.lr, record, plot)
+    plot = plot_lr_find(lrs, losses, suggestion, recipe_lr, out / "plots" / "lr_find.png")
+    return LrFindResult(suggestion, lrs, losses, stage.train, recipe_lr, lr_field, record, plot)
 
 
 # The first steps say little: the running mean has seen only a few batches.
@@ -141,6 +151,21 @@ def smoothed(losses: list[float], beta: float = 0.98) -> list[float]:
     return out
 
 
+def cut_at_divergence(lrs: list[float], raw: list[float], factor: float = 4.0
+                      ) -> tuple[list[float], list[float], list[float]]:
+    """The sweep up to its first non-finite loss, or until the smoothed loss passes `factor`
+    times its best so far (past there it only diverges): (lrs, raw losses, smoothed losses)."""
+    finite = next((i for i, v in enumerate(raw) if not math.isfinite(v)), len(raw))
+    lrs, raw = lrs[:finite], raw[:finite]
+    losses = smoothed(raw)
+    best = math.inf
+    for index, value in enumerate(losses):
+        if index > SKIP_BEGIN and value > factor * best:
+            return lrs[:index + 1], raw[:index + 1], losses[:index + 1]
+        best = min(best, value)
+    return lrs, raw, losses
+
+
 def suggest_learning_rate(lrs: list[float], losses: list[float], skip_begin: int = SKIP_BEGIN,
                           skip_end: int = 1) -> float | None:
     """The rate where the loss falls fastest per decade, before its minimum (None if it never falls).
@@ -151,6 +176,8 @@ def suggest_learning_rate(lrs: list[float], losses: list[float], skip_begin: int
     the loss had not started to fall; the steepest fall per decade was at 3.0e-03). The slope
     per decade, as in fastai's `steep` rule, matches what the curve shows.
     """
+    if len(lrs) != len(losses):
+        raise ValueError(f"{len(lrs)} learning rates but {len(losses)} losses")
     lr = np.asarray(lrs[skip_begin:len(lrs) - skip_end], dtype=float)
     loss = np.asarray(losses[skip_begin:len(losses) - skip_end], dtype=float)
     finite = np.isfinite(loss) & (lr > 0)

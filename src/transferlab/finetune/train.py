@@ -41,6 +41,7 @@ from transferlab.finetune.data import (
     EpochSeededSampler,
     ImageStore,
     activation_bytes,
+    balanced_sample_weights,
     cached_activations,
     load_images,
     own_generator,
@@ -294,7 +295,11 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
                          augment=augmentation if level == 0 else None)
     checkpoint_dir = run.path / "checkpoints" / f"stage{index + 1}"
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val_acc", mode="max",
-                                 save_last=True, save_top_k=1)
+                                 save_top_k=1)
+    # Every epoch, not Lightning's save_last: that (2.6) rewrites last.ckpt only in epochs that
+    # also improved the best, so a kill after a few epochs without progress lost them all.
+    latest = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False)
     last = checkpoint_dir / "last.ckpt"
     if last.exists():
         keep_partial_log(stage_log_dir(run.path / "logs", index + 1))
@@ -310,7 +315,7 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
         devices=recipe.processes,
         strategy="ddp_spawn" if recipe.processes > 1 else "auto",
         precision="bf16-mixed" if precision == "bf16" else "32-true",
-        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=stage.patience), checkpoint],
+        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=stage.patience), checkpoint, latest],
         logger=loggers,
         enable_progress_bar=config.progress,
         enable_model_summary=False,
@@ -326,13 +331,29 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
             warnings.filterwarnings("ignore", message)
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.exists() else None)
     best_path = checkpoint.best_model_path or str(last)
+    epochs_run, best_score = trainer.current_epoch, checkpoint.best_model_score
+    if recipe.processes > 1:
+        epochs_run, best_score = _outcome_from_checkpoint(last)
     return {
         "level": level,
         "processes": trainer.world_size,
-        "epochs_run": trainer.current_epoch,
-        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else 0.0,
+        "epochs_run": epochs_run,
+        "best_val_acc": float(best_score) if best_score is not None else 0.0,
         "best_checkpoint": str(Path(best_path).resolve()),
     }
+
+
+def _outcome_from_checkpoint(last: Path) -> tuple[int, float | None]:
+    """Epochs run and best val acc, read from the stage's last checkpoint.
+
+    Under ddp_spawn the training happens in child processes and Lightning (2.6) sends only
+    the best checkpoint's path back: in this process the trainer's epoch count is 0 and the
+    checkpoint callback's best score None.
+    """
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    score = next((state.get("best_model_score") for name, state in saved.get("callbacks", {}).items()
+                  if str(name).startswith("ModelCheckpoint{'monitor': 'val_acc'")), None)
+    return int(saved["epoch"]) + 1, (float(score) if score is not None else None)
 
 
 def quiet_lightning() -> None:
@@ -343,10 +364,7 @@ def quiet_lightning() -> None:
 
 def _loaders(net, recipe, index, level, draws, activation_cache, train_store, val_store, augmentation, precision,
              progress):
-    weights = None
-    if recipe.balance == "sampler":
-        counts = torch.bincount(train_store.labels).float().clamp(min=1)
-        weights = (1.0 / counts)[train_store.labels]
+    weights = balanced_sample_weights(train_store.labels) if recipe.balance == "sampler" else None
     if level == 0:
         train = TensorDataset(train_store.images, train_store.labels)  # augmented per batch in the module
         val = val_store.images
