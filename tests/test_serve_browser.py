@@ -81,7 +81,9 @@ def test_pick_an_image_and_see_the_top_class(page, base_url, tmp_path):
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(base_url + "/")
-    page.wait_for_function("document.getElementById('model').textContent.includes('test_resnet')")
+    # A locator wait, not wait_for_function: that polls with eval, which the page's CSP
+    # (no 'unsafe-eval') refuses whenever the model line is not there at the first check.
+    page.locator("#model").filter(has_text="test_resnet").wait_for(timeout=20_000)
 
     # Keyboard first: the skip link leads to a real, focusable file input with a label.
     page.keyboard.press("Tab")
