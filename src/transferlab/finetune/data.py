@@ -115,6 +115,14 @@ def balanced_sample_weights(labels: torch.Tensor) -> torch.Tensor:
     return (1.0 / counts)[labels]
 
 
+def training_loader(dataset: Dataset, labels: torch.Tensor, batch_size: int, sampler_seed: int, balanced: bool,
+                    generator: torch.Generator | None) -> DataLoader:
+    """Batches in an order fixed by (sampler_seed, epoch), class-balanced draws if asked."""
+    sampler = EpochSeededSampler(len(dataset), sampler_seed, balanced_sample_weights(labels) if balanced else None)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=len(dataset) > batch_size,
+                      generator=generator)
+
+
 class EpochSeededSampler(torch.utils.data.Sampler):
     """Shuffles (or draws by class weight) from a seed fixed per epoch.
 

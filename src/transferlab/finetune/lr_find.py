@@ -22,7 +22,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from lightning.pytorch.tuner import Tuner
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from transferlab.atomic import write_json
 from transferlab.errors import TransferlabError
@@ -30,12 +30,11 @@ from transferlab.finetune.augment import build_batch_augmentation
 from transferlab.finetune.data import (
     MAX_CACHE_BYTES,
     DrawDataset,
-    EpochSeededSampler,
     activation_bytes,
-    balanced_sample_weights,
     cached_activations,
     load_images,
     own_generator,
+    training_loader,
 )
 from transferlab.finetune.lit import StageModule, epoch_seed
 from transferlab.finetune.train import (
@@ -82,10 +81,8 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
         dataset = DrawDataset([activations], store.labels)
     else:
         dataset = TensorDataset(store.images, store.labels)
-    weights = balanced_sample_weights(store.labels) if recipe.balance == "sampler" else None
-    sampler = EpochSeededSampler(len(dataset), epoch_seed(recipe.seed, 0, 0), weights)
-    loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler,
-                        drop_last=len(dataset) > recipe.batch_size, generator=own_generator(recipe.seed))
+    loader = training_loader(dataset, store.labels, recipe.batch_size, epoch_seed(recipe.seed, 0, 0),
+                             recipe.balance == "sampler", own_generator(recipe.seed))
     class_weights = class_weights_of(store, len(setup.scan.classes)) if recipe.balance == "weights" else None
     module = StageModule(net, recipe, stage, 0, trainable, level, class_weights,
                          augment=augmentation if level == 0 else None)

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from transferlab.atomic import write_json
 from transferlab.backbones import create_backbone
@@ -38,14 +38,13 @@ from transferlab.finetune.curves import keep_partial_log, plot_training_curves, 
 from transferlab.finetune.data import (
     MAX_CACHE_BYTES,
     DrawDataset,
-    EpochSeededSampler,
     ImageStore,
     activation_bytes,
-    balanced_sample_weights,
     cached_activations,
     load_images,
     own_generator,
     tensor_loader,
+    training_loader,
 )
 from transferlab.finetune.groups import expand_group_spec
 from transferlab.finetune.lit import StageModule, epoch_seed
@@ -364,7 +363,6 @@ def quiet_lightning() -> None:
 
 def _loaders(net, recipe, index, level, draws, activation_cache, train_store, val_store, augmentation, precision,
              progress):
-    weights = balanced_sample_weights(train_store.labels) if recipe.balance == "sampler" else None
     if level == 0:
         train = TensorDataset(train_store.images, train_store.labels)  # augmented per batch in the module
         val = val_store.images
@@ -379,11 +377,9 @@ def _loaders(net, recipe, index, level, draws, activation_cache, train_store, va
             activation_cache[level] = (cached, cached_activations(net, val_store, level, None, None, precision))
         cached, val = activation_cache[level]
         train = DrawDataset(cached, train_store.labels)
-    sampler = EpochSeededSampler(len(train), epoch_seed(recipe.seed, index, 0), weights)
     single = recipe.processes == 1  # see own_generator
-    train_loader = DataLoader(train, batch_size=recipe.batch_size, sampler=sampler,
-                              drop_last=len(train) > recipe.batch_size,
-                              generator=own_generator(recipe.seed) if single else None)
+    train_loader = training_loader(train, train_store.labels, recipe.batch_size, epoch_seed(recipe.seed, index, 0),
+                                   recipe.balance == "sampler", own_generator(recipe.seed) if single else None)
     val_loader = tensor_loader(val, val_store.labels, max(recipe.batch_size, 128),
                                own_generator(recipe.seed) if single else None)
     return train_loader, val_loader
