@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import struct
+import zlib
 from pathlib import Path
 
 # Before anything imports huggingface_hub (it reads these once, at import): no test may
@@ -61,3 +63,17 @@ def make_image_folder(root: Path, per_class: int = 8, classes: dict | None = Non
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "data")
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG of any size, deflated row by row: a 30000x30000 one is ~110 KB
+    and building it never holds more than one row of pixels."""
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    deflate = zlib.compressobj(9)
+    idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

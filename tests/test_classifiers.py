@@ -263,3 +263,95 @@ def test_fold_refuses_ternary(data):
     model = build_classifier("logreg", ternary=True).fit(X_train, y_train)
     with pytest.raises(TransferlabError):
         fold_linear_head(model, 3)
+
+
+# --- the small-data regime ------------------------------------------------------------------
+
+
+def _small(n_per_class: int, seed: int = 3):
+    """What `--per-class N` leaves for training: N - 1 images per class (one goes to validation).
+
+    Three features, all informative: standardising on a handful of images would blow pure
+    noise features up to the size of the signal, and the test is about fitting, not that."""
+    return blobs(n_per_class, dim=3, seed=seed)
+
+
+@pytest.mark.parametrize("name, per_class, grid", [
+    ("mlp", 2, False),  # --per-class 3: early stopping's 10% split cannot hold every class
+    ("linear_svm", 1, False),  # --per-class 2: no fold for the calibration
+    ("knn", 2, False),  # --per-class 3: 6 images, 7 neighbours asked
+    ("logreg", 2, True),  # --per-class 3 --grid: 2-fold search
+    ("knn", 2, True),
+    ("mlp", 2, True),
+    ("linear_svm", 2, True),  # a 2-fold search whose folds hold one image per class for the calibration
+    ("random_forest", 1, False),
+    ("logreg", 1, False),
+    ("knn", 1, False),
+    ("mlp", 1, False),
+])
+def test_heads_fit_and_predict_on_a_few_images_per_class(name, per_class, grid):
+    X_train, y_train = _small(per_class)
+    X_test, y_test = _small(30, seed=4)
+    model = build_classifier(name, seed=0, grid=grid, labels=y_train).fit(X_train, y_train)
+    proba = model.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert accuracy(model, X_test, y_test) > 0.6  # chance is 1/3; far-apart clusters, found from 1-2 images
+
+
+def test_small_data_adaptations_are_the_documented_ones():
+    _, y = _small(2)
+    assert build_classifier("knn", labels=y).named_steps["classifier"].n_neighbors == 6
+    assert build_classifier("knn", labels=np.repeat([0, 1], 40)).named_steps["classifier"].n_neighbors == 7
+    assert build_classifier("mlp", labels=y).named_steps["classifier"].early_stopping is False
+    assert build_classifier("mlp", labels=np.repeat([0, 1], 10)).named_steps["classifier"].early_stopping is True
+    knn_grid = build_classifier("knn", grid=True, labels=y).named_steps["classifier"]
+    assert knn_grid.param_grid == {"n_neighbors": [3]}  # a 2-fold training part holds 3 images
+
+
+def test_calibration_and_search_folds_follow_the_smallest_class():
+    from transferlab.classifiers.small_data import AdaptiveFolds
+
+    X = np.zeros((7, 2))
+    y = np.array([0, 0, 0, 0, 1, 1, 2])
+    with pytest.raises(TransferlabError, match="smallest class has 1"):
+        AdaptiveFolds(3).get_n_splits(X, y)  # a search cannot validate on a class of one
+    assert AdaptiveFolds(3, in_sample=True).get_n_splits(X, y) == 1
+    assert [len(test) for _, test in AdaptiveFolds(3, in_sample=True).split(X, y)] == [7]
+    y = np.array([0, 0, 0, 0, 0, 1, 1])  # smallest class: 2 images -> 2 folds
+    assert len(list(AdaptiveFolds(3).split(X, y))) == AdaptiveFolds(3).get_n_splits(X, y) == 2
+    y = np.repeat([0, 1], 6)
+    assert len(list(AdaptiveFolds(3).split(np.zeros((12, 2)), y))) == 3
+
+
+def test_grid_on_one_image_per_class_is_refused_up_front():
+    _, y = _small(1)
+    with pytest.raises(TransferlabError, match="--grid cross-validates") as info:
+        build_classifier("logreg", grid=True, labels=y)
+    assert "\n" not in str(info.value) and "has 1" in str(info.value)
+
+
+def test_grid_without_labels_still_refuses_one_image_per_class_at_fit():
+    X, y = _small(1)
+    with pytest.raises(TransferlabError, match="at least 2 training images in every class"):
+        build_classifier("logreg", grid=True).fit(X, y)
+
+
+def test_small_data_heads_round_trip(tmp_path):
+    X, y = _small(1)
+    model = build_classifier("linear_svm", labels=y).fit(X, y)
+    path = tmp_path / "svm.skops"
+    save_classifier(model, path)
+    assert np.array_equal(load_classifier(path).predict_proba(X), model.predict_proba(X))
+
+
+# --- scikit-learn's own estimator checks ----------------------------------------------------
+
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+
+@parametrize_with_checks([TernaryDiscretizer()])
+def test_ternary_discretizer_passes_sklearn_estimator_checks(estimator, check):
+    # All pass; the one skip is sklearn's own (array-API input, only checked when
+    # SCIPY_ARRAY_API is set), not a failure of the estimator.
+    check(estimator)

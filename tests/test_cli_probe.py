@@ -174,11 +174,21 @@ def test_baseline_with_other_classes_fails(image_folder, tmp_path):
     assert "altar" in output and "circle" in output
 
 
-def test_baseline_with_some_classes_warns(image_folder, tmp_path):
+def test_baseline_with_some_classes_is_refused_before_work(image_folder, tmp_path):
+    baseline = tmp_path / "paper.csv"
+    baseline.write_text("class,f1\ncircle,0.5\naltar,0.9\n")
+    with pytest.raises(TransferlabError, match="baseline-partial"):
+        run_probe(ProbeConfig(data=str(image_folder), out=str(tmp_path / "run"), backbone="test_resnet",
+                              resolution=64, workers=0, progress=False, baseline=str(baseline)))
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_baseline_with_some_classes_warns_when_partial_is_asked(image_folder, tmp_path):
     baseline = tmp_path / "paper.csv"
     baseline.write_text("class,f1\ncircle,0.5\naltar,0.9\n")
     result = run_probe(ProbeConfig(data=str(image_folder), out=str(tmp_path / "run"), backbone="test_resnet",
-                                   resolution=64, workers=0, progress=False, baseline=str(baseline)))
+                                   resolution=64, workers=0, progress=False, baseline=str(baseline),
+                                   baseline_partial=True))
     assert result.metrics["baseline"]["of"] == 1
     assert any("altar" in w for w in result.warnings)
 
@@ -196,7 +206,7 @@ def test_interrupted_run_is_not_complete(image_folder, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_probe(ProbeConfig(data=str(image_folder), out=str(out), backbone="test_resnet", resolution=64,
                               workers=0, progress=False))
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
     with pytest.raises(TransferlabError, match="not complete"):
         ProbePredictor(out)

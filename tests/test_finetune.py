@@ -362,3 +362,142 @@ def test_find_lr_refuses_resume_and_stray_steps(tmp_path, data):
                           ((data, "--lr-find-steps", "50"), "--lr-find-steps goes with --find-lr")):
         completed = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=120)
         assert completed.returncode == 2 and message in completed.stderr
+
+
+# --- recipe overrides (--epochs, --lr, --per-class) and typed validation -------------------
+
+GROUPS = ["stem", "blocks.0", "blocks.1", "neck"]
+
+
+def test_epochs_override_sets_every_stage():
+    recipe = load_recipe(None, {"stages": "three-step", "epochs": 2})
+    stages = resolve_stages(recipe, GROUPS)
+    assert len(stages) == 3 and [s.epochs for s in stages] == [2, 2, 2]
+
+
+def test_lr_override_sets_the_first_stage_and_keeps_the_ratios():
+    plain = resolve_stages(load_recipe(None, {"stages": "fine_tune"}), GROUPS)
+    scaled = resolve_stages(load_recipe(None, {"stages": "fine_tune", "lr": 0.03}), GROUPS)
+    factor = 0.03 / plain[0].lr
+    assert scaled[0].lr == pytest.approx(0.03)
+    for before, after in zip(plain, scaled):
+        assert after.lr == pytest.approx(before.lr * factor)
+        assert (after.head_lr is None) == (before.head_lr is None)
+        if before.head_lr is not None:
+            assert after.head_lr == pytest.approx(before.head_lr * factor)
+
+
+def test_lr_override_targets_head_lr_of_a_head_only_first_stage_that_sets_it():
+    """The rate --find-lr suggests for such a stage is its head_lr: --lr sets that one."""
+    stages = [{"train": "head", "lr": 1e-3, "head_lr": 4e-3}, {"train": "all", "lr": 1e-4, "head_lr": 2e-4}]
+    resolved = resolve_stages(load_recipe(None, {"stages": stages, "lr": 8e-3}), GROUPS)
+    assert resolved[0].head_lr == pytest.approx(8e-3) and resolved[0].lr == pytest.approx(2e-3)
+    assert resolved[1].lr == pytest.approx(2e-4) and resolved[1].head_lr == pytest.approx(4e-4)
+
+
+def test_overrides_survive_a_rerun_of_the_saved_recipe(tmp_path):
+    """config.yaml holds the resolved stages and the overrides: re-running it changes nothing."""
+    import yaml
+
+    from transferlab.finetune.recipe import recipe_to_dict
+
+    recipe = load_recipe(None, {"stages": "fine_tune", "lr": 0.02, "epochs": 4, "per_class": 5})
+    stages = resolve_stages(recipe, GROUPS)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(recipe_to_dict(recipe, stages)))
+    again = load_recipe(saved)
+    assert again.per_class == 5
+    assert resolve_stages(again, GROUPS) == stages
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"epochs": "many"}, "epochs must be a whole number"),
+    ({"lr": 0}, "lr must be positive"),
+    ({"lr": -1e-3}, "lr must be positive"),
+    ({"lr": "fast"}, "lr must be a number"),
+    ({"per_class": 1}, "per_class must be at least 2"),
+])
+def test_override_values_are_checked_in_one_line(overrides, message):
+    with pytest.raises(TransferlabError, match=message) as info:
+        load_recipe(None, overrides)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("line, named", [
+    ("batch_size: lots", "batch_size must be a whole number, got 'lots'"),
+    ("batch_size: true", "batch_size must be a whole number"),
+    ("batch_size: 0", "batch_size must be between 1 and"),
+    ("precision: fp16", "precision must be one of auto, fp32, bf16"),
+    ("resolution: 8", "resolution must be between 16 and 1024"),
+    ("resolution: 4096", "resolution must be between 16 and 1024"),
+    ("resolution: big", "resolution must be a whole number"),
+    ("seed: -1", "seed must be between"),
+    ("val_fraction: 1.5", "val_fraction must be between 0 and 1"),
+    ("weight_decay: heavy", "weight_decay must be a number"),
+    ("mixup: -0.2", "mixup must be 0 or more"),
+    ("tta: maybe", "tta must be true or false"),
+    ("processes: 0", "processes must be between 1 and"),
+    ("augment: sparkle", "unknown augmentation preset 'sparkle'"),
+    ("augment: [{name: teleport}]", "augment item 1: unknown augmentation 'teleport'"),
+    ("augment: [{name: flip, prob: 0.5}]", "augmentation 'flip': unknown option 'prob'"),
+    ("augment: [{name: rotation, degrees: lots}]", "augment item 1 (rotation): bad option value"),
+    ("augment: [{name: crop, scale: 0.5}]", "augment item 1 (crop): bad option value"),
+    ("augment: [flip]", "augment must be a list of mappings"),
+    ("head: dense", "head must be a list of mappings"),
+    ("head: [{type: dense, units: lots}]", "head layer 1: dense needs whole-number units"),
+    ("head: [{type: dropout, p: half}]", "head layer 1: p must be a number"),
+    ("head: [{type: dense, units: 8, activation: sparkle}]", "unknown activation 'sparkle'"),
+    ("stages: []", "stages must be a preset name or a non-empty list"),
+    ("stages: [head]", "stages must be a list of mappings"),
+])
+def test_recipe_fields_are_type_checked_in_one_line_naming_the_field(tmp_path, line, named):
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(f"backbone: test_resnet\n{line}\n")
+    with pytest.raises(TransferlabError) as info:
+        load_recipe(recipe_file)
+    message = str(info.value)
+    assert "\n" not in message and named in message and str(recipe_file) in message
+
+
+@pytest.mark.parametrize("stage, named", [
+    ({"train": "head", "lr": "fast"}, "stage 1: lr must be a number"),
+    ({"train": "head", "epochs": 2.5}, "stage 1: epochs must be a whole number"),
+    ({"train": "head", "patience": "never"}, "stage 1: patience must be a whole number"),
+    ({"train": "head", "bn": "melt"}, "stage 1: bn must be one of"),
+    ({"train": 3}, "stage 1: train must name groups"),
+    ({"train": "head", "layer_decay": 2}, "stage 1: layer_decay must be in (0, 1]"),
+])
+def test_stage_fields_are_type_checked(stage, named):
+    with pytest.raises(TransferlabError) as info:
+        resolve_stages(load_recipe(None, {"stages": [stage]}), GROUPS)
+    assert named in str(info.value) and "\n" not in str(info.value)
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-3 as text; a recipe means the number."""
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("weight_decay: 1e-4\nstages:\n  - {train: head, lr: 3e-3, head_lr: 1e-2}\n"
+                           "head: [{type: dense, units: 8, l2: 1e-4}]\n")
+    recipe = load_recipe(recipe_file)
+    assert recipe.weight_decay == 1e-4
+    stage = resolve_stages(recipe, GROUPS)[0]
+    assert stage.lr == 3e-3 and stage.head_lr == 1e-2
+    assert Head(8, 2, recipe.head).penalty() >= 0
+
+
+def test_a_bad_recipe_built_in_python_is_refused_before_any_image_is_read(tmp_path, data, monkeypatch):
+    from transferlab.finetune import train
+
+    monkeypatch.setattr(train, "load_images", lambda *a, **k: pytest.fail("an image was decoded"))
+    recipe = tiny_recipe()
+    recipe.batch_size = "lots"
+    with pytest.raises(TransferlabError, match="batch_size must be a whole number"):
+        run_finetune(FinetuneConfig(data=str(data), out=str(tmp_path / "run"), recipe=recipe, workers=0,
+                                    progress=False))
+    assert not (tmp_path / "run").exists()
+
+
+def test_top0_names_no_group():
+    with pytest.raises(TransferlabError, match="top0"):
+        expand_group_spec("top0,head", GROUPS + ["head"])

@@ -287,7 +287,7 @@ def test_zero_byte_file_raises_with_reason(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(ImageDecodeError) as info:
         load_rgb(path)
-    assert "not an image" in str(info.value)
+    assert "empty file (0 bytes)" in str(info.value)
 
 
 def test_text_file_renamed_jpg_raises_with_reason(tmp_path):

@@ -38,7 +38,9 @@ def test_metrics_hand_example(metrics: dict) -> None:
     assert metrics["n"] == 5
     assert metrics["per_class"]["cat"] == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "support": 3}
     assert metrics["per_class"]["dog"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
-    assert metrics["macro_f1"] == 0.3889  # (2/3 + 1/2 + 0) / 3 = 7/18
+    # bird has no image in this split: averaged over cat and dog only, (2/3 + 1/2) / 2 = 7/12.
+    assert metrics["macro_f1"] == 0.5833
+    assert metrics["absent_classes"] == ["bird"]
     assert metrics["weighted_f1"] == 0.6  # (3 * 2/3 + 2 * 1/2) / 5
     assert metrics["confusion"] == [[2, 1, 0], [1, 1, 0], [0, 0, 0]]
     json.dumps(metrics)  # plain types only: it goes straight into metrics.json

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
+import math
+import os
 import pickle
 import re
-import struct
-import zlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import make_image_folder
+from tests.conftest import bomb_png, make_image_folder
 from transferlab.errors import TransferlabError
 from transferlab.predict import ProbePredictor
 from transferlab.probe import ProbeConfig, run_probe
@@ -48,20 +50,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG of any size, deflated row by row: a 30000x30000 one is ~110 KB
-    and building it never holds more than one row of pixels."""
-    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    deflate = zlib.compressobj(9)
-    idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +149,20 @@ def test_bad_uploads_get_a_4xx_json_error_and_serving_goes_on(client, images, ma
     [
         ({"content": b"\x89PNG...", "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),
         ({"json": {"path": "/etc/passwd"}}, 415, "multipart/form-data"),
-        ({"data": {"note": "no file here"}, "files": {"other": ("a.png", b"abc")}}, 422, "no file in form field"),
+        ({"data": {"note": "no file here"}, "files": {"other": ("a.png", b"abc")}}, 422, "unexpected form field"),
+        # A file over 16 KB under the wrong name: the documented 422, not "too large".
+        ({"files": {"image": ("a.png", b"\x89PNG" + b"\0" * 40_000)}}, 422, "unexpected form field 'image'"),
+        ({"content": b'--B\r\nContent-Disposition: form-data; name="file"\r\n\r\na text value\r\n--B--\r\n',
+          "headers": {"content-type": "multipart/form-data; boundary=B"}}, 422, "is not a file"),
+        ({"files": {"file": ("a.png", b"GIF89a")}, "data": {"note": "extra"}}, 422, "unexpected form field 'note'"),
+        ({"content": b"--B--\r\n", "headers": {"content-type": "multipart/form-data; boundary=B"}}, 422,
+         "no file in form field"),
         ({"content": b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nabc',
           "headers": {"content-type": "multipart/form-data; boundary=xyz"}}, 400, "incomplete multipart"),
         ({"content": b"", "headers": {"content-type": "multipart/form-data"}}, 400, "boundary"),
     ],
-    ids=["raw-body", "json-path", "wrong-field", "unterminated", "no-boundary"],
+    ids=["raw-body", "json-path", "wrong-field", "wrong-field-big-file", "text-in-file-field", "extra-field",
+         "no-parts", "unterminated", "no-boundary"],
 )
 def test_malformed_requests(client, images, kwargs, status, reason):
     response = client.post("/predict", **kwargs)
@@ -187,27 +183,17 @@ def test_too_many_files_in_a_batch(run_dir, images):
     with TestClient(app) as small:
         files = [("files", (f"{i}.png", images["square"].read_bytes())) for i in range(17)]
         response = small.post("/predict/batch", files=files)
-        assert response.status_code == 413 and "at most 16" in response.json()["error"]
+        assert response.status_code == 422 and "at most 16" in response.json()["error"]
         assert len(post_file(small, images["square"]).json()["top"]) == 1  # top_k=1 from create_app
 
 
-def test_huge_upload_is_refused_while_streaming(run_dir):
-    """No Content-Length and an endless body: the server must stop reading at the limit."""
-    limit = 64 * 1024
-    app = create_app(run_dir, max_upload_bytes=limit)
-    chunk = 16 * 1024
-    pulled = {"chunks": 0}
-    sent: list[dict] = []
+UPLOAD_HEAD = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n")
 
-    async def receive() -> dict:
-        pulled["chunks"] += 1
-        if pulled["chunks"] == 1:
-            head = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
-                    b"Content-Type: image/png\r\n\r\n")
-            return {"type": "http.request", "body": head, "more_body": True}
-        if pulled["chunks"] > 10_000:  # 160 MB: the test has failed long before this
-            return {"type": "http.disconnect"}
-        return {"type": "http.request", "body": b"\0" * chunk, "more_body": True}
+
+def call_asgi(app, receive) -> list[dict]:
+    """POST /predict straight through ASGI (with the lifespan), pulling the body from `receive`."""
+    sent: list[dict] = []
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -222,11 +208,44 @@ def test_huge_upload_is_refused_while_streaming(run_dir):
             await app(scope, receive, send)
 
     asyncio.run(call())
+    return sent
+
+
+def test_huge_upload_is_refused_while_streaming(run_dir):
+    """No Content-Length and an endless body: the server must stop reading at the limit."""
+    limit = 64 * 1024
+    chunk = 16 * 1024
+    pulled = {"chunks": 0}
+
+    async def receive() -> dict:
+        pulled["chunks"] += 1
+        if pulled["chunks"] == 1:
+            return {"type": "http.request", "body": UPLOAD_HEAD, "more_body": True}
+        if pulled["chunks"] > 10_000:  # 160 MB: the test has failed long before this
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": b"\0" * chunk, "more_body": True}
+
+    sent = call_asgi(create_app(run_dir, max_upload_bytes=limit), receive)
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 413
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert "larger than the limit" in json.loads(body)["error"]
     assert pulled["chunks"] <= limit // chunk + 3  # stopped right after the limit
+
+
+def test_client_disconnecting_mid_upload_logs_one_line(run_dir, caplog):
+    messages = iter([{"type": "http.request", "body": UPLOAD_HEAD + b"\x89PNG", "more_body": True},
+                     {"type": "http.disconnect"}])
+
+    async def receive() -> dict:
+        return next(messages)
+
+    with caplog.at_level(logging.INFO):
+        call_asgi(create_app(run_dir), receive)  # raises if the disconnect escapes as an exception
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING and lines[0].exc_info is None
+    assert "127.0.0.1" in lines[0].getMessage() and "/predict" in lines[0].getMessage()
 
 
 def test_no_endpoint_takes_a_path(client):
@@ -278,6 +297,12 @@ def test_serve_binds_localhost_by_default(run_dir, monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
     serve(run_dir)
     assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == 8000
+    # Several workers get their settings through the environment, the new limits included.
+    monkeypatch.setenv("TRANSFERLAB_SERVE_SETTINGS", "{}")  # so the test puts the environment back
+    serve(run_dir, workers=2, allowed_hosts=["classify.example.org"], max_concurrent_batches=3)
+    settings = json.loads(os.environ["TRANSFERLAB_SERVE_SETTINGS"])
+    assert settings["allowed_hosts"] == ["classify.example.org"] and settings["max_concurrent_batches"] == 3
+    assert calls[1]["workers"] == 2
 
 
 def test_micro_batcher_groups_concurrent_requests_and_survives_failures():
@@ -314,3 +339,232 @@ def test_page_image_decodes_like_predict(client, images):
     from_memory = post_file(client, data=buffer.getvalue()).json()["top"][0]
     from_file = post_file(client, images["dome"]).json()["top"][0]
     assert from_memory["class"] == from_file["class"]
+
+
+# --- memory, concurrency and hostile-input hardening ---------------------------------------
+
+ELONGATED = [(1, 20_000), (1, 400_000), (20_000, 1)]
+
+
+@pytest.mark.parametrize("width, height", ELONGATED, ids=["1x20000", "1x400000", "20000x1"])
+def test_elongated_images_are_refused_before_decoding(client, images, width, height):
+    """A 121-byte 1x20000 PNG would resize to 64x1280000 pixels (and 224x4480000 at 224)."""
+    data = bomb_png(width, height)
+    assert len(data) < 1024
+    response = post_file(client, data=data)
+    assert response.status_code == 422, response.text
+    assert "aspect ratio" in response.json()["error"]
+    batch = client.post("/predict/batch", files=[("files", ("strip.png", data)),
+                                                 ("files", ("square.png", images["square"].read_bytes()))])
+    assert batch.status_code == 200, batch.text
+    strip, square = batch.json()["results"]
+    assert strip["status"] == 422 and "aspect ratio" in strip["error"] and "top" not in strip
+    assert len(square["top"]) == 3
+    # Refused from the header: nothing near the resized size was ever reserved for decoding.
+    assert client.get("/health").json()["decode_memory"]["peak_bytes"] < 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize("failure, status, reason", [
+    (MemoryError(), 413, "too large to decode"),
+    (ValueError("broken palette\nsecond line"), 422, "cannot decode: broken palette"),
+    (OSError(), 422, "cannot decode: OSError"),
+], ids=["memory-error", "value-error", "os-error"])
+def test_any_decode_failure_is_a_4xx_and_only_fails_its_own_file(client, images, monkeypatch, failure, status,
+                                                                  reason):
+    import transferlab.serve.uploads as uploads
+
+    real = uploads.preprocess
+
+    def flaky(source, resolution, interpolation):
+        if source.getvalue().startswith(b"JUNK"):
+            raise failure
+        return real(source, resolution, interpolation)
+
+    monkeypatch.setattr(uploads, "preprocess", flaky)
+    gif = b"JUNK" + bytes(64)  # no format PIL knows: the header check passes it on to preprocess()
+    response = post_file(client, data=gif)
+    assert response.status_code == status and reason in response.json()["error"]
+    batch = client.post("/predict/batch", files=[("files", ("a.gif", gif)),
+                                                 ("files", ("b.png", images["square"].read_bytes()))])
+    assert batch.status_code == 200, batch.text
+    bad, good = batch.json()["results"]
+    assert bad["status"] == status and reason in bad["error"] and "\n" not in bad["error"]
+    assert len(good["top"]) == 3
+
+
+def test_a_model_failure_fails_the_batch_items_not_the_batch(client, images, monkeypatch):
+    def broken(batch):
+        raise RuntimeError("engine crashed")
+
+    monkeypatch.setattr(client.app.state.service.batcher, "_predict", broken)
+    files = [("files", ("a.png", images["square"].read_bytes())), ("files", ("b.txt", b"not an image"))]
+    response = client.post("/predict/batch", files=files)
+    assert response.status_code == 200, response.text
+    failed, refused = response.json()["results"]
+    assert failed == {"filename": "a.png", "error": "internal error: RuntimeError", "status": 500}
+    assert refused["status"] == 415
+
+
+def test_decode_memory_budget(run_dir, images):
+    # 40x40 -> 64x64 at resolution 64: about 45 KiB reserved; a 200x200 image about 350 KiB.
+    app = create_app(run_dir, decode_memory_bytes=128 * 1024, decode_wait_s=0)
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 200), (9, 99, 199)).save(buffer, format="PNG")
+    with TestClient(app) as small:
+        response = post_file(small, data=buffer.getvalue(), name="big.png")
+        assert response.status_code == 413, response.text
+        assert "big.png" in response.json()["error"] and "decode memory" in response.json()["error"]
+        budget = small.app.state.service.budget
+        budget.in_use = budget.total - 1024  # as if other uploads were being decoded right now
+        busy = post_file(small, images["square"])
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1", busy.text
+        batch = small.post("/predict/batch", files=[("files", ("a.png", images["square"].read_bytes()))])
+        assert batch.json()["results"][0]["status"] == 503
+        budget.in_use = 0
+        assert_still_serving(small, images["square"])
+        health = small.get("/health").json()["decode_memory"]
+        assert health["in_use_bytes"] == 0 and 0 < health["peak_bytes"] <= health["total_bytes"]
+
+
+def test_decode_cost_is_read_from_the_header_and_follows_the_jpeg_decoder():
+    from transferlab.serve.uploads import decode_cost
+
+    costs = {}
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (4000, 3000), (20, 120, 220)).save(buffer, format=fmt)
+        costs[fmt] = decode_cost(buffer.getvalue(), 224)
+    # 12 Mpx: PNG decodes every pixel (~92 MiB estimated); JPEG decodes at 1/8 scale (~2 MiB).
+    assert costs["PNG"] > 8 * 12_000_000 > 32 * costs["JPEG"] > 0
+    assert decode_cost(b"not an image", 224) == 0  # decode_image() says why it is refused
+
+
+def test_decode_budget_waits_in_turn_and_gives_back():
+    from transferlab.serve.batching import Overloaded
+    from transferlab.serve.limits import DecodeBudget
+    from transferlab.serve.uploads import UploadError
+
+    async def scenario():
+        budget = DecodeBudget(100, wait_s=30)
+        await budget.reserve(60, "a")
+        waiting = asyncio.create_task(budget.reserve(60, "b"))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # 60 + 60 > 100: it waits for the first decode
+        budget.release(60)
+        await asyncio.wait_for(waiting, 10)  # a safety net, not a timing: release wakes it at once
+        assert budget.in_use == 60 and budget.peak == 60
+        with pytest.raises(UploadError, match="more than this server's decode memory"):
+            await budget.reserve(101, "huge")
+        impatient = DecodeBudget(100, wait_s=0)
+        await impatient.reserve(100, "a")
+        with pytest.raises(Overloaded):
+            await impatient.reserve(1, "b")
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_batches_are_limited(run_dir, images):
+    with TestClient(create_app(run_dir, max_concurrent_batches=1)) as small:
+        gate = small.app.state.service.batches
+        gate.active = gate.limit  # one batch in progress
+        files = [("files", ("a.png", images["square"].read_bytes()))]
+        response = small.post("/predict/batch", files=files)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "batch requests" in response.json()["error"]
+        assert_still_serving(small, images["square"])  # single images are not held up
+        gate.active = 0
+        assert small.post("/predict/batch", files=files).status_code == 200
+        assert small.get("/health").json()["batch_requests"] == {"active": 0, "limit": 1}
+
+
+def test_allowed_hosts(run_dir):
+    with TestClient(create_app(run_dir, allowed_hosts=["classify.example.org"])) as strict:
+        assert strict.get("/health").status_code == 400  # TestClient's Host is "testserver"
+        assert strict.get("/health", headers={"host": "classify.example.org"}).status_code == 200
+    with pytest.raises(TransferlabError, match="allowed_hosts"):
+        create_app(run_dir, allowed_hosts=[""])
+
+
+def test_model_shows_kind_precision_and_engine_differences(run_dir, tmp_path):
+    from transferlab.export import export_run
+
+    run = Path(shutil.copytree(run_dir, tmp_path / "exported"))
+    export_run(run, "onnx")
+    record = json.loads((run / "model" / "export.json").read_text())
+    record["torchscript"] = {**record["onnx"], "source_model": "an-older-model", "max_abs_diff": 0.5}
+    (run / "model" / "export.json").write_text(json.dumps(record))
+    for engine in ("torch", "onnx"):
+        with TestClient(create_app(run, engine=engine)) as exported:
+            info = exported.get("/model").json()
+            assert info["kind"] == "probe" and info["inference_precision"] == "fp32" and info["engine"] == engine
+            # Only the export of this very model counts; the stale torchscript entry does not.
+            assert info["engine_max_abs_diff"] == {"onnx": record["onnx"]["max_abs_diff"]}
+            assert 0 <= info["engine_max_abs_diff"]["onnx"] <= 1e-4
+    meta = json.loads((run / "model" / "model.json").read_text())
+    meta.pop("inference_precision", None)  # runs made before the field existed
+    (run / "model" / "model.json").write_text(json.dumps(meta))
+    assert create_app(run).description.startswith("Image classification with the probe run")
+
+
+def test_a_fine_tuned_run_is_served_and_described_as_one(tmp_path):
+    from transferlab.finetune.recipe import load_recipe
+    from transferlab.finetune.train import FinetuneConfig, run_finetune
+
+    data = make_image_folder(tmp_path / "data", per_class=4, size=32)
+    recipe = load_recipe(None, {"backbone": "test_efficientnet", "resolution": 32, "precision": "fp32",
+                                "batch_size": 8, "stages": "head-only"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFERLAB_OFFLINE", "1")
+        run_finetune(FinetuneConfig(data=str(data), out=str(tmp_path / "ft"), recipe=recipe, workers=0,
+                                    progress=False))
+    app = create_app(tmp_path / "ft")
+    assert "fine-tuned run" in app.description and "probe" not in app.description
+    with TestClient(app) as fine_tuned:
+        info = fine_tuned.get("/model").json()
+        assert info["kind"] == "finetune" and info["inference_precision"] == "fp32" and info["layers"] is None
+        assert post_file(fine_tuned, data=bomb_png(40, 40)).status_code == 200
+
+
+def _tamper(run_dir: Path, tmp_path: Path, name: str, text: str) -> Path:
+    run = Path(shutil.copytree(run_dir, tmp_path / "tampered"))
+    (run / name).write_text(text)
+    return run
+
+
+@pytest.mark.parametrize("name, edit, reason", [
+    ("model/model.json", lambda m: {**m, "inference_precision": "fp64"}, "inference_precision"),
+    ("model/model.json", lambda m: {**m, "backbone": ["not", "a", "name"]}, "backbone"),
+    ("model/model.json", lambda m: {**m, "classes": []}, "classes"),
+    ("model/model.json", lambda m: "{not json", "not valid JSON"),
+    ("model/model.json", lambda m: [1, 2], "not a JSON object"),
+    ("model/export.json", lambda m: "{not json", "not valid JSON"),
+    ("model/export.json", lambda m: ["onnx"], "not a JSON object"),
+    ("metrics.json", lambda m: "{not json", "not valid JSON"),
+], ids=["precision", "backbone", "no-classes", "model-json", "model-list", "export-json", "export-list",
+        "metrics-json"])
+def test_tampered_run_files_fail_create_app_in_one_line(run_dir, tmp_path, name, edit, reason):
+    meta = json.loads((run_dir / "model" / "model.json").read_text())
+    edited = edit(meta)
+    run = _tamper(run_dir, tmp_path, name, edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(TransferlabError, match=reason) as caught:
+        create_app(run)
+    assert "\n" not in str(caught.value) and name.split("/")[-1] in str(caught.value)
+
+
+def test_odd_values_in_metrics_and_export_records_are_dropped_not_served(run_dir, tmp_path):
+    metrics = {"val": {"accuracy": math.nan, "macro_f1": "0.9"}, "test": {"accuracy": 0.5, "macro_f1": True}}
+    run = _tamper(run_dir, tmp_path, "metrics.json", json.dumps(metrics))
+    from transferlab.export import model_fingerprint
+
+    fingerprint = model_fingerprint(run)
+    (run / "model" / "export.json").write_text(json.dumps({
+        "onnx": {"source_model": fingerprint, "max_abs_diff": "1e-9"}, "torchscript": "nonsense",
+        "other": {"source_model": fingerprint, "max_abs_diff": -1}}))
+    with TestClient(create_app(run)) as odd:
+        response = odd.get("/model")
+        assert response.status_code == 200, response.text
+        info = response.json()
+    assert info["metrics"] == {"val": {"accuracy": None, "macro_f1": None},
+                               "test": {"accuracy": 0.5, "macro_f1": None}}
+    assert info["engine_max_abs_diff"] == {}

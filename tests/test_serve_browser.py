@@ -114,3 +114,29 @@ def test_a_bad_file_shows_the_servers_reason(page, base_url, tmp_path):
     Image.new("RGB", (40, 40), (220, 40, 40)).save(buffer, format="PNG")
     page.set_input_files("#file", files=[{"name": "red.png", "mimeType": "image/png", "buffer": buffer.getvalue()}])
     page.locator("#status").filter(has_text="Most likely:").wait_for(timeout=20_000)
+
+
+@pytest.mark.parametrize("kind, expected, absent", [("finetune", "fine-tuned test_resnet", "probe"),
+                                                     ("probe", "test_resnet probe", "fine-tuned")])
+def test_the_page_names_the_kind_of_run(page, base_url, kind, expected, absent):
+    """The model line follows /model's `kind` (a fine-tuned run is never called a probe)."""
+    described = {}
+
+    def with_kind(route):
+        response = route.fetch()
+        body = response.json()
+        body.update(kind=kind, engine_max_abs_diff={"onnx": 2.5e-7})
+        described.update(body)
+        route.fulfill(response=response, json=body)
+
+    page.route("**/model", with_kind)
+    try:
+        page.goto(base_url + "/")
+        line = page.locator("#model").filter(has_text="served by")
+        line.wait_for(timeout=20_000)
+        text = line.inner_text()
+    finally:
+        page.unroute("**/model")
+    assert expected in text and absent not in text, text
+    assert "served by torch at fp32" in text and "onnx export within 2.5e-7 of PyTorch" in text, text
+    assert described["kind"] == kind

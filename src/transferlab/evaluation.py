@@ -81,9 +81,14 @@ def evaluate_run(
         raise TransferlabError("no validation images (every class has a single image)")
     metrics: dict = {}
     rows = []
+    warnings: list[str] = []
     for split in splits:
         predicted = split.probabilities.argmax(axis=1)
         metrics[split.name] = classification_metrics(split.labels, predicted, classes)
+        absent = metrics[split.name]["absent_classes"]
+        if absent:
+            warnings.append(f"{split.name}: no images of class(es) {', '.join(absent)}; "
+                            "they are left out of the macro averages")
         write_text(run.path / f"classification_report_{split.name}.txt",
                    classification_report_text(split.labels, predicted, classes))
         _plot_confusion(metrics[split.name]["confusion"], classes, run.plots_dir / f"confusion_{split.name}.png",
@@ -93,7 +98,6 @@ def evaluate_run(
     run.write_csv("predictions.csv", ["path", "split", "true", "predicted"] + [f"p_{c}" for c in classes], rows)
 
     evaluated = splits[-1]  # test when there is one
-    warnings: list[str] = []
     baseline_table = None
     if baseline is not None:
         comparison = compare_to_baseline(metrics[evaluated.name]["per_class"], baseline)
@@ -113,9 +117,11 @@ def evaluate_run(
     metrics[evaluated.name]["confused_pairs"] = pairs
     sections = [(f"Most confused class pairs ({evaluated.name})", _pairs_html(pairs))]
     if error_grid > 0:
-        note = write_error_grid(evaluated, classes, run.plots_dir / f"errors_{evaluated.name}.png", error_grid,
-                                cam, cam_unavailable)
-        sections.append((f"Error analysis ({evaluated.name})", f"<p>{html.escape(note)}</p>"))
+        # Every split: with a test folder, validation errors are still the ones to learn from.
+        for split in splits:
+            note = write_error_grid(split, classes, run.plots_dir / f"errors_{split.name}.png", error_grid,
+                                    cam, cam_unavailable)
+            sections.append((f"Error analysis ({split.name})", f"<p>{html.escape(note)}</p>"))
     return Evaluation(metrics, warnings, baseline_table, sections, evaluated.name)
 
 
@@ -146,8 +152,9 @@ def write_error_grid(split: SplitPredictions, classes: list[str], out_png: Path,
     tiles = []
     for index, image, overlay in zip(chosen, images, overlays):
         predicted = int(split.probabilities[index].argmax())
+        name = Path(split.paths[index]).name.encode("utf-8", "backslashreplace").decode("utf-8")
         tiles.append(ErrorTile(image.permute(1, 2, 0).numpy(), classes[int(split.labels[index])],
-                               classes[predicted], float(split.probabilities[index, predicted]), overlay))
+                               classes[predicted], float(split.probabilities[index, predicted]), overlay, name))
     plot_error_grid(tiles, out_png, title="most confidently wrong")
     return f"{note}: plots/{out_png.name}."
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
-from safetensors.torch import load_file
 
-from transferlab.backbones import Backbone
+from transferlab.backbones import Backbone, create_architecture
+from transferlab.backbones.weights import load_safetensors_into
 from transferlab.classifiers.heads import load_classifier
 from transferlab.data.images import ImageDecodeError
 from transferlab.errors import TransferlabError
@@ -20,7 +18,8 @@ from transferlab.features.extract import (
     FeatureExtractor,
     preprocess,
 )
-from transferlab.runs import load_complete_run
+from transferlab.precision import inference_precision
+from transferlab.runs import load_complete_run, read_model_card
 
 
 @dataclass
@@ -43,20 +42,27 @@ class ProbeParts:
 
 def load_probe_parts(run_path: str | Path) -> ProbeParts:
     run = load_complete_run(run_path)
-    meta = json.loads((run.model_dir / "model.json").read_text(encoding="utf-8"))
-    if meta.get("kind") != "probe":
-        raise TransferlabError(f"{run.path}: model kind '{meta.get('kind')}' is not supported here")
-    model = timm.create_model(meta["backbone"], pretrained=False)
-    model.load_state_dict(load_file(str(run.model_dir / "backbone.safetensors")))
-    backbone = Backbone(model.eval(), meta["backbone"], meta["weights_source"], "run")
-    settings = ExtractionSettings(
-        resolution=meta["resolution"],
-        layers=tuple(meta["layers"]),
-        pool=meta["pool"],
-        precision=meta["precision"],
-        workers=0,
-    )
+    meta = read_model_card(run.path)
+    if meta["kind"] != "probe":
+        raise TransferlabError(f"{run.path}: model kind '{meta['kind']}' is not supported here")
+    model = create_architecture(meta["backbone"])
+    load_safetensors_into(model, run.model_dir / "backbone.safetensors")
+    backbone = Backbone(model.eval(), meta["backbone"], str(meta.get("weights_source", "run")), "run")
+    try:
+        settings = ExtractionSettings(
+            resolution=meta["resolution"],
+            layers=tuple(meta["layers"]),
+            pool=meta["pool"],
+            precision=inference_precision(meta),
+            workers=0,
+        )
+    except (KeyError, TypeError) as exc:
+        raise TransferlabError(f"{run.model_dir / 'model.json'}: probe settings missing or invalid ({exc})") from None
     classifier = load_classifier(run.model_dir / "classifier.skops")
+    known = np.asarray(getattr(classifier, "classes_", []))
+    if known.size == 0 or not np.issubdtype(known.dtype, np.integer) or known.min() < 0 or known.max() >= len(meta["classes"]):
+        raise TransferlabError(f"{run.model_dir}: the classifier predicts {known.size} classes that model.json's "
+                               f"{len(meta['classes'])} class names do not cover")
     return ProbeParts(meta, backbone, settings, classifier, meta["classes"])
 
 
@@ -112,24 +118,34 @@ class ProbePredictor(Predictor):
     def predict_tensor(self, images_uint8: torch.Tensor) -> np.ndarray:
         """(B, 3, R, R) uint8 -> (B, n_classes) probabilities."""
         features = self.extractor(images_uint8)
-        known = self.classifier.predict_proba(features)
+        try:
+            known = self.classifier.predict_proba(features)
+        except ValueError as exc:  # a head trained on other features (a tampered or mixed-up run)
+            raise TransferlabError(f"classifier does not fit the backbone's features ({exc})") from None
         full = np.zeros((len(features), len(self.classes)))
         full[:, self.classifier.classes_] = known
         return full
 
 
+def predictions_csv(results: list[Prediction]) -> list[list]:
+    """Rows for a CSV: path, predicted class, its probability, error, then top-k as class:p."""
+    rows = []
+    for r in results:
+        best = r.top[0] if r.top else ("", float("nan"))
+        rows.append([str(r.path), best[0], "" if r.error else f"{best[1]:.5f}", r.error or "",
+                     " ".join(f"{c}:{p:.5f}" for c, p in r.top)])
+    return rows
+
+
 def read_model_meta(run_path: str | Path) -> dict:
-    run = load_complete_run(run_path)
-    return json.loads((run.model_dir / "model.json").read_text(encoding="utf-8"))
+    return read_model_card(run_path)
 
 
 def load_predictor(run_path: str | Path) -> Predictor:
     """The right predictor for a run folder, whatever kind of run made it."""
-    kind = read_model_meta(run_path).get("kind")
-    if kind == "probe":
-        return ProbePredictor(run_path)
+    kind = read_model_card(run_path)["kind"]
     if kind == "finetune":
         from transferlab.finetune.predictor import FinetunePredictor
 
         return FinetunePredictor(run_path)
-    raise TransferlabError(f"{run_path}: unknown model kind '{kind}' in model/model.json")
+    return ProbePredictor(run_path)

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
-from transferlab.atomic import write_json
+from transferlab.atomic import atomic_path, write_json
 from transferlab.backbones import Backbone, create_backbone
 from transferlab.backbones.registry import DEFAULT_BACKBONE
-from transferlab.classifiers.heads import build_classifier, save_classifier
-from transferlab.data.folder import Sample, scan_folder
-from transferlab.data.split import save_split, stratified_split
+from transferlab.classifiers.heads import CLASSIFIERS, build_classifier, save_classifier
+from transferlab.data.folder import Sample
+from transferlab.data.layout import PreparedData, prepare_data
+from transferlab.data.split import save_split
 from transferlab.errors import TransferlabError
 from transferlab.evaluation import CamSource, SplitPredictions, evaluate_run
 from transferlab.explain.cam import target_layer
@@ -29,15 +30,16 @@ from transferlab.features.extract import (
     default_workers,
     extract_features,
 )
-from transferlab.features.layers import DEFAULT_LAYERS, parse_layers
+from transferlab.features.layers import DEFAULT_LAYERS, POOLS, parse_layers
 from transferlab.features.resolution import choose_resolution
 from transferlab.insight.embed import embed
 from transferlab.network import build_probe_network
-from transferlab.precision import resolve_precision
+from transferlab.options import check_cache_dir, check_choice, check_file, check_folder, check_training_options
+from transferlab.precision import INFERENCE_PRECISION, resolve_precision
 from transferlab.predict import ProbeParts
-from transferlab.report.baseline import load_baseline
+from transferlab.report.baseline import check_baseline_classes, load_baseline
 from transferlab.report.html import render_report
-from transferlab.runs import RunDir
+from transferlab.runs import RunDir, check_out_folder
 
 
 @dataclass
@@ -60,6 +62,8 @@ class ProbeConfig:
     per_class: int | None = None
     seed: int = 0
     baseline: str | None = None
+    baseline_partial: bool = False  # compare the shared classes when the baseline names others too
+    exclude: str | None = None  # an exclude list (doctor --write-exclude): files left out
     cache_dir: str | None = None  # None: the user cache; "" disables caching
     error_grid: int = 12  # most confidently wrong images shown (with CAM); 0 skips
     embed: str = "pca,tsne"  # feature maps of the evaluated split in the report; "" skips
@@ -91,40 +95,69 @@ class _Timer:
 
 
 def _validate(config: ProbeConfig) -> None:
-    if config.baseline is not None and not Path(config.baseline).is_file():
-        raise TransferlabError(f"{config.baseline}: baseline CSV not found")
-    if config.resolution is not None and config.resolution < 16:
-        raise TransferlabError(f"resolution {config.resolution} is too small (minimum 16)")
+    """Every option checked before the first image is read (the CLI ran the cheap ones already)."""
+    check_folder(config.data)
+    check_folder(config.test, "test folder")
+    check_file(config.baseline, "baseline CSV")
+    check_file(config.exclude, "exclude list")
+    check_training_options(seed=config.seed, resolution=config.resolution, batch_size=config.batch_size,
+                           workers=config.workers, val_fraction=config.val_fraction, per_class=config.per_class,
+                           precision=config.precision)
+    check_choice("--classifier", config.classifier, CLASSIFIERS)
+    check_choice("--pool", config.pool, POOLS)
+    check_cache_dir(config.cache_dir)
+    check_out_folder(config.out)
     config.layers = list(parse_layers(config.layers))
 
 
-def run_probe(config: ProbeConfig) -> ProbeResult:
+@dataclass
+class _Inputs:
+    """What the probe works on, all checked before the run folder is touched."""
+
+    data: PreparedData
+    backbone: Backbone
+    settings: ExtractionSettings
+    resolution_reason: str
+    baseline: dict[str, float] | None
+
+
+def _prepare(config: ProbeConfig) -> _Inputs:
     _validate(config)
     baseline = load_baseline(config.baseline) if config.baseline else None
-    timer = _Timer()
-    warnings: list[str] = []
-
-    scan = scan_folder(config.data)
-    split = stratified_split(scan, config.val_fraction, config.seed, config.per_class)
-    warnings += split.warnings
-    test_scan = scan_folder(config.test, classes=scan.classes) if config.test else None
+    data = prepare_data(config.data, config.test, config.val_fraction, config.seed, config.per_class,
+                        exclude=config.exclude)
+    if baseline is not None:
+        check_baseline_classes(baseline, data.scan.classes, config.baseline, config.baseline_partial)
+    split = data.split
+    # Built once here only to refuse what cannot work (e.g. --grid with one image per class) before extraction.
+    build_classifier(config.classifier, config.seed, config.ternary, config.grid, labels=[s.label for s in split.train])
     backbone = create_backbone(config.backbone, config.weights)
-    resolution, resolution_reason = (
+    resolution, reason = (
         (config.resolution, "set by the user")
         if config.resolution
         else choose_resolution([s.path for s in split.train], backbone.native_size)
     )
-    settings = ExtractionSettings(
-        resolution=resolution,
-        layers=tuple(config.layers),
-        pool=config.pool,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        precision=resolve_precision(config.precision),
-    )
+    settings = ExtractionSettings(resolution=resolution, layers=tuple(config.layers), pool=config.pool,
+                                  batch_size=config.batch_size, workers=config.workers,
+                                  precision=resolve_precision(config.precision))
+    return _Inputs(data, backbone, settings, reason, baseline)
+
+
+def run_probe(config: ProbeConfig) -> ProbeResult:
+    inputs = _prepare(config)
     run = RunDir(config.out)
     run.start("probe")
-    save_split(split, run.path / "split.json", scan.root)
+    with run.recording("probe"):
+        return _probe(config, run, inputs)
+
+
+def _probe(config: ProbeConfig, run: RunDir, inputs: _Inputs) -> ProbeResult:
+    timer = _Timer()
+    scan, split, test_scan, backbone, settings = (inputs.data.scan, inputs.data.split, inputs.data.test_scan,
+                                                  inputs.backbone, inputs.settings)
+    resolution, resolution_reason, baseline = settings.resolution, inputs.resolution_reason, inputs.baseline
+    warnings: list[str] = list(inputs.data.notes)  # layout, empty classes, split warnings
+    save_split(split, run.path / "split.json", inputs.data.root)
     timer.lap("scan")
 
     groups: dict[str, list[Sample]] = {"train": split.train, "val": split.val}
@@ -137,14 +170,14 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
 
     features, labels, paths = _assemble(groups, extraction)
     skipped = [[str(p), r] for p, r in extraction.failures]
-    skipped += [[str(s.path), s.reason] for sc in (scan, test_scan) if sc for s in sc.skipped]
+    skipped += [[str(s.path), s.reason] for s in inputs.data.skipped]
     run.write_csv("skipped.csv", ["path", "reason"], skipped)
     if skipped:
         warnings.append(f"{len(skipped)} files skipped (listed in {run.path / 'skipped.csv'})")
     if len(set(labels["train"].tolist())) < 2:
         raise TransferlabError(f"{config.data}: fewer than 2 classes left with readable training images")
 
-    classifier = build_classifier(config.classifier, config.seed, config.ternary, config.grid)
+    classifier = build_classifier(config.classifier, config.seed, config.ternary, config.grid, labels=labels["train"])
     classifier.fit(features["train"], labels["train"])
     timer.lap("fit")
 
@@ -160,22 +193,16 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     metrics = evaluation.metrics
     warnings += evaluation.warnings
     timer.lap("evaluate")
-    methods = tuple(m.strip() for m in config.embed.split(",") if m.strip())
-    if methods:
+    if config.embed.strip():
         evaluated = splits[-1]
-        mapped = embed(features[evaluated.name], labels[evaluated.name], scan.classes,
-                       evaluated.probabilities.argmax(axis=1), methods, config.seed, max_points=2000,
-                       out_dir=run.plots_dir, paths=paths[evaluated.name], n_outliers=12,
-                       title=f"{backbone.name} features ({evaluated.name})")
-        metrics["embedding"] = {"split": evaluated.name, "silhouette": mapped.silhouette,
-                                "silhouette_mean": mapped.silhouette_mean, "notes": mapped.notes}
-        evaluation.sections.append((f"Feature map and outliers ({evaluated.name})",
-                                    f"<pre>{html.escape(mapped.summary_text())}</pre>"))
+        metrics["embedding"], section = _embed_section(config, run, backbone.name, evaluated, features[evaluated.name],
+                                                       scan.classes)
+        evaluation.sections.append(section)
         timer.lap("embed")
 
     _save_model(run, backbone, classifier, settings, scan.classes)
     summary = {
-        "data": str(scan.root),
+        "data": str(scan.root) + (" (pre-split: train/, val/ as given)" if inputs.data.layout == "pre-split" else ""),
         **({"test": str(test_scan.root)} if test_scan else {}),
         "backbone": f"{backbone.name} ({backbone.source} weights)",
         "classifier": config.classifier + (" + grid search" if config.grid else "")
@@ -204,6 +231,18 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     write_json(run.path / "metrics.json", metrics)
     run.finish("probe")
     return ProbeResult(run.path, metrics, summary, warnings, evaluation.baseline_table)
+
+
+def _embed_section(config: ProbeConfig, run: RunDir, backbone_name: str, evaluated: SplitPredictions,
+                   features: np.ndarray, classes: list[str]) -> tuple[dict, tuple[str, str]]:
+    """Feature maps of the evaluated split for the report: metrics entry and HTML section."""
+    methods = tuple(m.strip() for m in config.embed.split(",") if m.strip())
+    mapped = embed(features, evaluated.labels, classes, evaluated.probabilities.argmax(axis=1), methods,
+                   config.seed, max_points=2000, out_dir=run.plots_dir, paths=evaluated.paths, n_outliers=12,
+                   title=f"{backbone_name} features ({evaluated.name})")
+    entry = {"split": evaluated.name, "silhouette": mapped.silhouette, "silhouette_mean": mapped.silhouette_mean,
+             "notes": mapped.notes}
+    return entry, (f"Feature map and outliers ({evaluated.name})", f"<pre>{html.escape(mapped.summary_text())}</pre>")
 
 
 def _assemble(groups: dict[str, list[Sample]], extraction) -> tuple[dict, dict, dict]:
@@ -246,9 +285,8 @@ def _probabilities(classifier, features: np.ndarray, n_classes: int) -> np.ndarr
 def _save_model(run: RunDir, backbone: Backbone, classifier, settings: ExtractionSettings, classes: list[str]) -> None:
     """Everything `predict` and `serve` need, with no pickle and no dependency on the data."""
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
-    tmp = run.model_dir / ".backbone.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(run.model_dir / "backbone.safetensors")
+    with atomic_path(run.model_dir / "backbone.safetensors") as tmp:  # ordinary permissions, never half-written
+        save_file(state, str(tmp))
     save_classifier(classifier, run.model_dir / "classifier.skops")
     write_json(
         run.model_dir / "model.json",
@@ -262,6 +300,7 @@ def _save_model(run: RunDir, backbone: Backbone, classifier, settings: Extractio
             "layers": list(settings.layers),
             "pool": settings.pool,
             "precision": settings.precision,
+            "inference_precision": INFERENCE_PRECISION,
             "mean": list(backbone.mean),
             "std": list(backbone.std),
             "interpolation": backbone.interpolation,

@@ -4,8 +4,9 @@ from transferlab.backbones.registry import (
     REGISTRY,
     Backbone,
     BackboneEntry,
+    create_architecture,
     create_backbone,
     describe_backbones,
 )
 
-__all__ = ["REGISTRY", "Backbone", "BackboneEntry", "create_backbone", "describe_backbones"]
+__all__ = ["REGISTRY", "Backbone", "BackboneEntry", "create_architecture", "create_backbone", "describe_backbones"]

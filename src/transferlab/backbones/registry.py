@@ -22,6 +22,7 @@ from torch import nn
 
 from transferlab.backbones.weights import (
     hub_offline,
+    hub_reachable,
     match_state_dict,
     packaged_weights_path,
     read_state_dict,
@@ -133,6 +134,14 @@ def _create_timm(name: str, pretrained: bool) -> nn.Module:
         raise
 
 
+def create_architecture(name: str) -> nn.Module:
+    """The timm architecture `name` with random weights (weights come from a run's files):
+    never touches the network, and an unknown name is one line, not a traceback."""
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise _unknown(str(name))
+    return _create_timm(name, pretrained=False)
+
+
 def _unknown(name: str) -> TransferlabError:
     close = timm.list_models(f"*{name}*")[:5]
     hint = f" Similar timm names: {', '.join(close)}." if close else ""
@@ -141,10 +150,22 @@ def _unknown(name: str) -> TransferlabError:
     )
 
 
+def _hub_error(name: str, why: str) -> TransferlabError:
+    return TransferlabError(
+        f"backbone '{name}' needs ImageNet weights from the hub, which {why}. Offline, use a packaged "
+        f"backbone ({_offline_names()}) or pass --weights FILE (safetensors or state dict)."
+    )
+
+
 def _load_hub(name: str) -> nn.Module:
-    if hub_offline():
+    cached = hub_weights_cached(name)
+    if not cached and (hub_offline() or not hub_reachable()):
+        # Without this check huggingface_hub spends about a minute in retries and prints
+        # two dozen lines before it gives up; a user offline deserves one line at once.
+        raise _hub_error(name, "are not in the local cache and the hub cannot be reached")
+    if cached:
         # huggingface_hub reads HF_HUB_OFFLINE once at import; set its constant so the
-        # call answers from the local cache only instead of retrying the network.
+        # call answers from the local cache only instead of asking the network again.
         import huggingface_hub.constants
 
         huggingface_hub.constants.HF_HUB_OFFLINE = True
@@ -153,11 +174,7 @@ def _load_hub(name: str) -> nn.Module:
     except TransferlabError:
         raise
     except Exception as exc:
-        raise TransferlabError(
-            f"backbone '{name}' needs ImageNet weights from the hub, which could not be loaded "
-            f"({type(exc).__name__}). Offline, use a packaged backbone ({_offline_names()}) "
-            f"or pass --weights FILE (safetensors or state dict)."
-        ) from None
+        raise _hub_error(name, f"could not be loaded ({type(exc).__name__})") from None
 
 
 def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Backbone:

@@ -72,3 +72,37 @@ def match_state_dict(
 
 def hub_offline() -> bool:
     return any(os.environ.get(v, "").strip() not in ("", "0") for v in ("HF_HUB_OFFLINE", "TRANSFERLAB_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds."""
+    import socket
+
+    from huggingface_hub.constants import ENDPOINT
+
+    host = ENDPOINT.split("://", 1)[-1].split("/", 1)[0]
+    try:
+        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_safetensors_into(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load a run's safetensors file into `model`, strictly; one line for a truncated or
+    foreign file instead of a traceback from deep inside safetensors or load_state_dict."""
+    from safetensors.torch import load_file
+
+    file = Path(path)
+    if not file.is_file():
+        raise TransferlabError(f"{file}: weights file not found")
+    try:
+        state = load_file(str(file))
+    except Exception as exc:  # truncated, not safetensors, bad header
+        raise TransferlabError(f"{file}: cannot read weights ({type(exc).__name__}: {exc})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise TransferlabError(f"{file}: weights do not fit the architecture ({detail[:300]})") from None

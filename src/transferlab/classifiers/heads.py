@@ -2,19 +2,22 @@
 
 Every head is `StandardScaler -> [TernaryDiscretizer] -> estimator`, seeded, with
 predict_proba (linear SVM is calibrated for it). `grid=True` wraps the estimator in a
-small cross-validated search over its main regularisation parameter.
+small cross-validated search over its main regularisation parameter. Given the training
+labels, a head adapts to classes of one to a few images (see `small_data`).
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import skops.io
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -22,10 +25,48 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from transferlab.atomic import atomic_path
+from transferlab.classifiers.small_data import (
+    AdaptiveFolds,
+    TrainingSizes,
+    check_grid,
+    early_stopping,
+    neighbours,
+)
 from transferlab.classifiers.ternary import TernaryDiscretizer
 from transferlab.errors import TransferlabError
 
 CLASSIFIERS = ("logreg", "linear_svm", "random_forest", "knn", "mlp")
+FOLDS = 3
+
+
+def _logreg(seed: int, sizes: TrainingSizes | None):
+    # C=0.1 on standardised multi-layer features: measured better than sklearn's C=1
+    # on held-out data (benchmarks/probe_heritage.py), and converges faster.
+    return LogisticRegression(C=0.1, max_iter=2000, random_state=seed)
+
+
+def _linear_svm(seed: int, sizes: TrainingSizes | None):
+    # Calibrated for predict_proba; with one image in a class, on the training images themselves.
+    return CalibratedClassifierCV(LinearSVC(C=0.01, random_state=seed, max_iter=5000),
+                                  cv=AdaptiveFolds(FOLDS, in_sample=True))
+
+
+def _random_forest(seed: int, sizes: TrainingSizes | None):
+    return RandomForestClassifier(n_estimators=300, n_jobs=-1, random_state=seed)
+
+
+def _knn(seed: int, sizes: TrainingSizes | None):
+    return KNeighborsClassifier(n_neighbors=neighbours(7, sizes), weights="distance")
+
+
+def _mlp(seed: int, sizes: TrainingSizes | None):
+    return MLPClassifier(hidden_layer_sizes=(512,), early_stopping=early_stopping(sizes), max_iter=300,
+                         random_state=seed)
+
+
+_ESTIMATORS: dict[str, Callable] = {
+    "logreg": _logreg, "linear_svm": _linear_svm, "random_forest": _random_forest, "knn": _knn, "mlp": _mlp,
+}
 
 # Search spaces for grid=True: the one knob that matters most for each head.
 _GRIDS = {
@@ -37,28 +78,32 @@ _GRIDS = {
 }
 
 
-def _estimator(name: str, seed: int):
-    if name == "logreg":
-        # C=0.1 on standardised multi-layer features: measured better than sklearn's C=1
-        # on held-out data (benchmarks/probe_heritage.py), and converges faster.
-        return LogisticRegression(C=0.1, max_iter=2000, random_state=seed)
-    if name == "linear_svm":
-        return CalibratedClassifierCV(LinearSVC(C=0.01, random_state=seed, max_iter=5000), cv=3)
-    if name == "random_forest":
-        return RandomForestClassifier(n_estimators=300, n_jobs=-1, random_state=seed)
-    if name == "knn":
-        return KNeighborsClassifier(n_neighbors=7, weights="distance")
-    if name == "mlp":
-        return MLPClassifier(hidden_layer_sizes=(512,), early_stopping=True, max_iter=300, random_state=seed)
-    raise TransferlabError(f"unknown classifier '{name}': choose from {', '.join(CLASSIFIERS)}")
+def _grid(name: str, inner: TrainingSizes | None) -> dict:
+    grid = _GRIDS[name]
+    if name == "knn" and inner is not None:  # no more neighbours than a training fold holds
+        fitting = [k for k in grid["n_neighbors"] if k <= inner.n_samples]
+        return {"n_neighbors": fitting or [max(1, inner.n_samples)]}
+    return grid
 
 
-def build_classifier(name: str = "logreg", seed: int = 0, ternary: bool = False, grid: bool = False) -> Pipeline:
-    estimator = _estimator(name, seed)
+def build_classifier(name: str = "logreg", seed: int = 0, ternary: bool = False, grid: bool = False,
+                     labels=None) -> Pipeline:
+    """The head `name`; `labels` (the training labels, optional) fit it to small classes.
+
+    With labels, a grid search over classes of a single image is refused here (one line),
+    so a caller can check with the split's labels before extracting any feature.
+    """
+    if name not in _ESTIMATORS:
+        raise TransferlabError(f"unknown classifier '{name}': choose from {', '.join(CLASSIFIERS)}")
+    sizes = TrainingSizes.of(labels) if labels is not None else None
     if grid:
-        estimator = GridSearchCV(
-            estimator, _GRIDS[name], cv=StratifiedKFold(3, shuffle=True, random_state=seed), n_jobs=1
-        )
+        check_grid(sizes)
+        # The searched estimator is fitted on a fold's training part, smaller than `labels`.
+        inner = sizes.inner(sizes.folds(FOLDS)) if sizes is not None else None
+        estimator = GridSearchCV(_ESTIMATORS[name](seed, inner), _grid(name, inner), n_jobs=1,
+                                 cv=AdaptiveFolds(FOLDS, shuffle=True, random_state=seed))
+    else:
+        estimator = _ESTIMATORS[name](seed, sizes)
     steps = [("scale", StandardScaler())]
     if ternary:
         steps.append(("ternary", TernaryDiscretizer()))
@@ -66,10 +111,28 @@ def build_classifier(name: str = "logreg", seed: int = 0, ternary: bool = False,
     return Pipeline(steps)
 
 
-# Types a saved head may contain beyond what skops trusts by default: our own transformer.
-_OWN_TYPES = {f"{TernaryDiscretizer.__module__}.{TernaryDiscretizer.__name__}"}
-# No "builtins.": it would admit builtins.eval and friends.
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+def _type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# Every type a head of `build_classifier` holds beyond what skops trusts by default, by its
+# exact name (tests/test_classifier_security.py checks that every buildable head needs
+# exactly these). Never a prefix: skops calls a loaded type with arguments from the file,
+# and "numpy." admitted numpy.testing's runstring, which execs its argument.
+TRUSTED_TYPES = frozenset({
+    _type_name(TernaryDiscretizer),
+    _type_name(AdaptiveFolds),
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._scorer._PassthroughScorer",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.tree._tree.Tree",
+}) | {
+    # Grid heads saved before AdaptiveFolds (cv=StratifiedKFold(3)): runs made by earlier versions.
+    "sklearn.model_selection._split.StratifiedKFold",
+}
 
 
 def save_classifier(pipeline: Pipeline, path: str | os.PathLike) -> None:
@@ -77,19 +140,31 @@ def save_classifier(pipeline: Pipeline, path: str | os.PathLike) -> None:
         skops.io.dump(pipeline, tmp)
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def load_classifier(path: str | os.PathLike) -> Pipeline:
-    """Load a head saved by `save_classifier`, refusing any type outside scikit-learn/numpy/ours."""
+    """Load a head saved by `save_classifier`, refusing any type it would not have written."""
     file = Path(path)
     if not file.is_file():
         raise TransferlabError(f"{file}: classifier file not found")
+    if not zipfile.is_zipfile(file):
+        raise TransferlabError(f"{file}: not a classifier file (not a skops zip archive)")
     try:
         untrusted = skops.io.get_untrusted_types(file=file)
-    except Exception as exc:  # truncated or not a skops zip
-        raise TransferlabError(f"{file}: not a readable classifier file ({type(exc).__name__}: {exc})") from None
-    unexpected = [t for t in untrusted if t not in _OWN_TYPES and not t.startswith(_TRUSTED_PREFIXES)]
+    except Exception as exc:  # truncated, or a zip that is not a skops dump
+        raise TransferlabError(f"{file}: not a readable classifier file ({_first_line(exc)})") from None
+    unexpected = sorted(set(untrusted) - TRUSTED_TYPES)
     if unexpected:
-        raise TransferlabError(f"{file}: refusing to load unexpected types {', '.join(unexpected)}")
+        shown = ", ".join(ascii(t)[1:-1] for t in unexpected[:5])  # names come from the file: keep one line
+        more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+        raise TransferlabError(f"{file}: refusing to load types a transferlab head never holds: {shown}{more}")
     try:
-        return skops.io.load(file, trusted=untrusted)
+        loaded = skops.io.load(file, trusted=untrusted)
     except Exception as exc:
-        raise TransferlabError(f"{file}: cannot load classifier ({type(exc).__name__}: {exc})") from None
+        raise TransferlabError(f"{file}: cannot load classifier ({_first_line(exc)})") from None
+    if not isinstance(loaded, Pipeline):
+        raise TransferlabError(f"{file}: holds a {type(loaded).__name__}, not a classifier pipeline")
+    return loaded

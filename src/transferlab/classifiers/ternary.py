@@ -19,6 +19,12 @@ class TernaryDiscretizer(TransformerMixin, BaseEstimator):
         self.low = low
         self.high = high
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # The output is always float32 (three levels need no more), whatever the input dtype.
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
     def fit(self, X, y=None):
         X = validate_data(self, X, dtype=np.float32)
         self.mean_ = X.mean(axis=0)

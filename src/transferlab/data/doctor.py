@@ -1,108 +1,37 @@
 """`transferlab doctor`: check an image folder (and optionally its test folder) before training.
 
 Reports per-class counts, files that are not images or do not decode, hidden files that
-tools leave behind, byte-identical duplicates (and copies filed under different classes),
-train/test leaks, tiny images and class imbalance. A bad file is listed with its reason,
-never raised: the point of the doctor is to find the bad files.
+tools leave behind, byte-identical duplicates and near-duplicates (resized or re-encoded
+copies, by perceptual hash), copies filed under different classes, train/test and (for a
+pre-split folder) train/val leaks, tiny images and class imbalance. A bad file is listed
+with its reason, never raised: the point of the doctor is to find the bad files.
+The findings are a `DoctorReport` (see `doctor_report`), which can also write an exclude list.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from transferlab.data.folder import FolderScan, scan_folder
-from transferlab.data.images import ImageDecodeError, file_digest, load_rgb
+from transferlab.data.doctor_report import DoctorReport, NearPair
+from transferlab.data.duplicates import (
+    NEAR_DISTANCE,
+    digests_of_possible_duplicates,
+    exact_groups,
+    near_pairs,
+    perceptual_hash,
+)
+from transferlab.data.exclude import ExcludeList
+from transferlab.data.folder import FolderScan
+from transferlab.data.images import ImageDecodeError, load_rgb
+from transferlab.data.layout import ScannedData, scan_data
+from transferlab.errors import TransferlabError
 
-# How many files each section of the human report lists before "... and N more".
-MAX_LISTED = 10
-
-
-@dataclass
-class DoctorReport:
-    """Findings of `run_doctor`; paths are absolute (as scanned), `to_dict` makes them relative."""
-
-    root: Path
-    test_root: Path | None
-    classes: list[str]
-    counts: dict[str, int]  # decodable images per class (train folder)
-    test_counts: dict[str, int] | None  # decodable images per class found in the test folder
-    unreadable: list[tuple[Path, str]]  # (path, reason), both folders
-    hidden: list[Path]  # hidden files and folders, both folders; never counted
-    duplicate_groups: list[list[Path]]  # byte-identical groups (>=2 files) within the train folder
-    label_conflicts: list[list[Path]]  # the duplicate groups that span more than one class
-    test_leaks: list[tuple[Path, Path]]  # (train file, test file), byte-identical
-    tiny: list[tuple[Path, int, int]]  # (path, width, height) with a side below min_side
-    imbalance_ratio: float  # largest / smallest nonzero class count; 0.0 if no class has images
-    warnings: list[str]
-
-    def relative(self, path: Path) -> str:
-        """`path` relative to the train root where possible, else absolute (test files usually)."""
-        return _relative_to(path, self.root) or str(path)
-
-    def display(self, path: Path) -> str:
-        """Short form for the human report: train files relative to root, test files marked."""
-        inside_root = _relative_to(path, self.root)
-        if inside_root is not None:
-            return inside_root
-        if self.test_root is not None:
-            inside_test = _relative_to(path, self.test_root)
-            if inside_test is not None:
-                return f"test:{inside_test}"
-        return str(path)
-
-    def to_dict(self) -> dict:
-        """Plain JSON-serialisable data (for `--json`)."""
-        rel = self.relative
-        return {
-            "root": str(self.root),
-            "test_root": None if self.test_root is None else str(self.test_root),
-            "classes": list(self.classes),
-            "counts": dict(self.counts),
-            "test_counts": None if self.test_counts is None else dict(self.test_counts),
-            "unreadable": [{"path": rel(path), "reason": reason} for path, reason in self.unreadable],
-            "hidden": [rel(path) for path in self.hidden],
-            "duplicate_groups": [[rel(path) for path in group] for group in self.duplicate_groups],
-            "label_conflicts": [[rel(path) for path in group] for group in self.label_conflicts],
-            "test_leaks": [{"train": rel(train), "test": rel(test)} for train, test in self.test_leaks],
-            "tiny": [{"path": rel(path), "width": w, "height": h} for path, w, h in self.tiny],
-            "imbalance_ratio": self.imbalance_ratio,
-            "warnings": list(self.warnings),
-        }
-
-    def summary_lines(self) -> list[str]:
-        """The human report, one short line each; long lists are cut after MAX_LISTED entries."""
-        show = self.display
-        lines = [f"train: {self.root} ({len(self.classes)} classes, {sum(self.counts.values())} images)"]
-        if self.test_root is not None and self.test_counts is not None:
-            lines.append(
-                f"test: {self.test_root} ({len(self.test_counts)} classes, {sum(self.test_counts.values())} images)"
-            )
-        for name in self.classes:
-            test_part = "" if self.test_counts is None else f" (test {self.test_counts.get(name, 0)})"
-            lines.append(f"  {name}: {self.counts[name]}{test_part}")
-        lines.append(f"imbalance ratio: {self.imbalance_ratio:.1f} (largest / smallest class)")
-
-        lines.append(_count_phrase(len(self.unreadable), "unreadable or non-image file", "unreadable or non-image files"))
-        lines += _listed(f"{show(path)}: {reason}" for path, reason in self.unreadable)
-        lines.append(_count_phrase(len(self.hidden), "hidden file or folder", "hidden files or folders") + " (ignored)")
-        lines += _listed(show(path) for path in self.hidden)
-        lines.append(_duplicates_phrase(self.duplicate_groups))
-        lines += _listed(" == ".join(show(path) for path in group) for group in self.duplicate_groups)
-        lines.append(_count_phrase(len(self.label_conflicts), "label conflict") + " (same file in different classes)")
-        lines += _listed(" == ".join(show(path) for path in group) for group in self.label_conflicts)
-        if self.test_root is not None:
-            lines.append(_count_phrase(len(self.test_leaks), "train/test leak") + " (same file in both)")
-            lines += _listed(f"{show(train)} == {show(test)}" for train, test in self.test_leaks)
-        lines.append(_count_phrase(len(self.tiny), "tiny image"))
-        lines += _listed(f"{show(path)}: {w}x{h}" for path, w, h in self.tiny)
-        lines += [f"warning: {warning}" for warning in self.warnings]
-        return lines
+__all__ = ["DoctorReport", "run_doctor"]
 
 
 def run_doctor(
@@ -112,71 +41,86 @@ def run_doctor(
     min_side: int = 32,
     imbalance_threshold: float = 3.0,
     progress: bool = False,
+    exclude: str | os.PathLike | ExcludeList | None = None,
+    near_distance: int | None = NEAR_DISTANCE,
 ) -> DoctorReport:
-    """Check `root` (one subfolder per class) and optionally `test_root`; never raises for a bad file.
+    """Check `root` (class folders, or pre-split train/ val/ [test/]) and optionally `test_root`.
 
-    Raises TransferlabError (from `scan_folder`) if a folder is missing, has no class
-    subfolders or no image files at all.
+    Never raises for a bad file. `exclude` is an exclude list (paths relative to `root`) whose
+    files are left out and listed; `near_distance` is the largest perceptual-hash distance
+    (of 64 bits) of a near-duplicate, None to skip the search.
+    Raises TransferlabError (from the scan) if a folder is missing, has no class subfolders
+    or no image files at all, or the exclude list cannot be read.
     """
-    train_scan = scan_folder(root)
-    # The test folder is scanned on its own class list, so classes it has and train lacks show up.
-    test_scan = scan_folder(test_root) if test_root is not None else None
-    scans = [train_scan] if test_scan is None else [train_scan, test_scan]
-
-    unreadable = [(skipped.path, skipped.reason) for scan in scans for skipped in scan.skipped]
-    hidden = [path for scan in scans for path in scan.hidden]
+    if near_distance is not None and not 0 <= near_distance <= 64:
+        raise TransferlabError(f"near-duplicate distance must be between 0 and 64 bits, got {near_distance}")
+    # lenient: the test folder is scanned on its own class list, so classes it has and train lacks show up.
+    scanned = scan_data(root, test_root, exclude, lenient=True)
+    data_scan, test_scan = scanned.data, scanned.test
+    scans = [data_scan] if test_scan is None else [data_scan, test_scan]
+    skipped = [skipped for scan in scans for skipped in scan.skipped]
+    unreadable = [(s.path, s.reason) for s in skipped if not s.excluded]
     samples = [(sample.path, scan.classes[sample.label]) for scan in scans for sample in scan.samples]
 
-    decoded, failed, tiny = _decode_all([path for path, _ in samples], min_side, progress)
-    unreadable += failed
+    decoded, failed, tiny, hashes = _decode_all([path for path, _ in samples], min_side, progress,
+                                                near_distance is not None)
     class_of = dict(samples)
-    train_images = _decoded_of(train_scan, decoded)
+    train_images = _decoded_of(data_scan, decoded)
     test_images = [] if test_scan is None else _decoded_of(test_scan, decoded)
 
-    digests, hash_failed = _digests_of_possible_duplicates(train_images + test_images)
-    unreadable += hash_failed
-    duplicate_groups = _duplicate_groups(train_images, digests)
-    label_conflicts = [group for group in duplicate_groups if len({class_of[p] for p in group}) > 1]
-    test_leaks = _test_leaks(train_images, test_images, digests)
+    digests, hash_failed = digests_of_possible_duplicates(train_images + test_images)
+    unreadable += failed + hash_failed
+    duplicate_groups = exact_groups(train_images, digests)
+    near = _near_findings(train_images, test_images, hashes, digests, near_distance)
 
-    counts = _counts(train_scan.classes, train_images, class_of)
+    counts = _counts(data_scan.classes, train_images, class_of)
     test_counts = None if test_scan is None else _counts(test_scan.classes, test_images, class_of)
     ratio = _imbalance_ratio(counts)
-    warnings = _class_warnings(counts, ratio, imbalance_threshold)
-    if test_counts is not None:
-        warnings += _test_class_warnings(counts, test_counts)
-
+    warnings = _class_warnings(counts, ratio, imbalance_threshold) + _test_class_warnings(counts, test_counts)
     return DoctorReport(
-        root=train_scan.root,
+        root=data_scan.root,
         test_root=None if test_scan is None else test_scan.root,
-        classes=list(train_scan.classes),
+        classes=list(data_scan.classes),
         counts=counts,
         test_counts=test_counts,
         unreadable=unreadable,
-        hidden=hidden,
+        hidden=[path for scan in scans for path in scan.hidden],
         duplicate_groups=duplicate_groups,
-        label_conflicts=label_conflicts,
-        test_leaks=test_leaks,
+        label_conflicts=[group for group in duplicate_groups if len({class_of[p] for p in group}) > 1],
+        test_leaks=_test_leaks(train_images, test_images, digests),
         tiny=tiny,
         imbalance_ratio=ratio,
         warnings=warnings,
+        near_duplicates=near["within"],
+        near_conflicts=[(a, b, d) for a, b, d in near["within"] if class_of[a] != class_of[b]],
+        near_leaks=near["across"],
+        val_leaks=_val_leaks(scanned, duplicate_groups, near["within"]),
+        excluded=[(s.path, s.reason) for s in skipped if s.excluded],
+        undecodable=sorted({path for path, _ in failed + hash_failed}),
+        near_distance=near_distance,
+        layout="pre-split" if scanned.layout.pre_split else "class folders",
+        notes=scanned.notes + (data_scan.warnings if scanned.val is not None else []),
     )
 
 
 def _decode_all(
-    paths: list[Path], min_side: int, progress: bool
-) -> tuple[set[Path], list[tuple[Path, str]], list[tuple[Path, int, int]]]:
+    paths: list[Path], min_side: int, progress: bool, want_hashes: bool
+) -> tuple[set[Path], list[tuple[Path, str]], list[tuple[Path, int, int]], dict[Path, np.ndarray]]:
     """Fully decode every image: a header read would miss truncated files.
 
-    Returns the paths that decoded, the failures with reasons, and the tiny ones
-    (size after EXIF rotation, which is what training sees).
+    Returns the paths that decoded, the failures with reasons, the tiny ones (size after
+    EXIF rotation, which is what training sees), and, if wanted, each image's perceptual
+    hashes (computed here, while the image is decoded anyway).
     """
     decoded: set[Path] = set()
     failed: list[tuple[Path, str]] = []
     tiny: list[tuple[Path, int, int]] = []
+    hashes: dict[Path, np.ndarray] = {}
     for path in tqdm(paths, desc="decoding", unit="img", disable=not progress):
         try:
             image = load_rgb(path)
+            if want_hashes:
+                hashes[path] = perceptual_hash(image)
         except ImageDecodeError as exc:
             failed.append((path, _decode_failure_reason(path, exc)))
             continue
@@ -187,7 +131,7 @@ def _decode_all(
         width, height = image.size
         if width < min_side or height < min_side:
             tiny.append((path, width, height))
-    return decoded, failed, tiny
+    return decoded, failed, tiny, hashes
 
 
 def _decode_failure_reason(path: Path, exc: ImageDecodeError) -> str:
@@ -205,37 +149,6 @@ def _decoded_of(scan: FolderScan, decoded: set[Path]) -> list[Path]:
     return [sample.path for sample in scan.samples if sample.path in decoded]
 
 
-def _digests_of_possible_duplicates(paths: list[Path]) -> tuple[dict[Path, str], list[tuple[Path, str]]]:
-    """Hash only files whose byte size another file shares: a unique size cannot have a twin."""
-    by_size: dict[int, list[Path]] = defaultdict(list)
-    failed: list[tuple[Path, str]] = []
-    for path in paths:
-        try:
-            by_size[path.stat().st_size].append(path)
-        except OSError as exc:
-            failed.append((path, f"cannot read: {exc.strerror or exc}"))
-    digests: dict[Path, str] = {}
-    for same_size in by_size.values():
-        if len(same_size) < 2:
-            continue
-        for path in same_size:
-            try:
-                digests[path] = file_digest(path)
-            except OSError as exc:
-                failed.append((path, f"cannot read: {exc.strerror or exc}"))
-    return digests, failed
-
-
-def _duplicate_groups(paths: list[Path], digests: dict[Path, str]) -> list[list[Path]]:
-    """Groups of >=2 byte-identical files among `paths`, each sorted, ordered by first path."""
-    by_digest: dict[str, list[Path]] = defaultdict(list)
-    for path in paths:
-        if path in digests:
-            by_digest[digests[path]].append(path)
-    groups = [sorted(group) for group in by_digest.values() if len(group) > 1]
-    return sorted(groups)
-
-
 def _test_leaks(train: list[Path], test: list[Path], digests: dict[Path, str]) -> list[tuple[Path, Path]]:
     """Every (train file, test file) pair with the same content."""
     train_by_digest: dict[str, list[Path]] = defaultdict(list)
@@ -248,6 +161,39 @@ def _test_leaks(train: list[Path], test: list[Path], digests: dict[Path, str]) -
         if test_path in digests
         for train_path in train_by_digest.get(digests[test_path], [])
     ]
+    return sorted(leaks)
+
+
+def _near_findings(
+    train: list[Path], test: list[Path], hashes: dict[Path, np.ndarray], digests: dict[Path, str],
+    max_distance: int | None,
+) -> dict[str, list[NearPair]]:
+    """Near-duplicate pairs within the data ('within') and data-to-test ('across'), byte-identical ones left out."""
+    if max_distance is None:
+        return {"within": [], "across": []}
+    train = [p for p in train if p in hashes]
+    test = [p for p in test if p in hashes]
+    stack = lambda paths: np.stack([hashes[p] for p in paths]) if paths else np.zeros((0, 2), np.uint64)
+
+    def identical(a: Path, b: Path) -> bool:
+        return a in digests and digests[a] == digests.get(b)
+
+    within = [(min(train[i], train[j]), max(train[i], train[j]), d)
+              for i, j, d in near_pairs(stack(train), None, max_distance) if not identical(train[i], train[j])]
+    across = [(train[i], test[j], d)
+              for i, j, d in near_pairs(stack(train), stack(test), max_distance) if not identical(train[i], test[j])]
+    return {"within": sorted(within), "across": sorted(across)}
+
+
+def _val_leaks(scanned: ScannedData, groups: list[list[Path]], near: list[NearPair]) -> list[NearPair]:
+    """Pre-split only: (train/ file, val/ file, distance) copies, exact (distance 0) or near."""
+    if scanned.val is None:
+        return []
+    in_val = {sample.path for sample in scanned.val.samples}
+    leaks = [(a, b, 0) for group in groups for a in group if a not in in_val for b in group if b in in_val]
+    for a, b, distance in near:
+        if (a in in_val) != (b in in_val):
+            leaks.append((b, a, distance) if a in in_val else (a, b, distance))
     return sorted(leaks)
 
 
@@ -284,8 +230,10 @@ def _class_warnings(counts: dict[str, int], ratio: float, threshold: float) -> l
     return warnings
 
 
-def _test_class_warnings(counts: dict[str, int], test_counts: dict[str, int]) -> list[str]:
+def _test_class_warnings(counts: dict[str, int], test_counts: dict[str, int] | None) -> list[str]:
     """Test classes must be training classes; a training class absent from test goes unmeasured."""
+    if test_counts is None:
+        return []
     warnings = [f"class '{name}' is in test but not in train" for name in test_counts if name not in counts]
     warnings += [
         f"class '{name}' has no test images" for name in counts if test_counts.get(name, 0) == 0
@@ -293,29 +241,3 @@ def _test_class_warnings(counts: dict[str, int], test_counts: dict[str, int]) ->
     return warnings
 
 
-def _relative_to(path: Path, base: Path) -> str | None:
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return None
-
-
-def _count_phrase(count: int, noun: str, plural: str | None = None) -> str:
-    return f"{count} {noun if count == 1 else plural or noun + 's'}"
-
-
-def _duplicates_phrase(groups: list[list[Path]]) -> str:
-    """'N pairs of byte-identical files', or groups when some hold three or more copies."""
-    if all(len(group) == 2 for group in groups):
-        return f"{len(groups)} pair{'' if len(groups) == 1 else 's'} of byte-identical files"
-    files = sum(len(group) for group in groups)
-    return f"{_count_phrase(len(groups), 'group')} of byte-identical files ({files} files)"
-
-
-def _listed(items: Iterable[str]) -> list[str]:
-    """Indented lines, the first MAX_LISTED, then how many were left out."""
-    items = list(items)
-    lines = [f"  {item}" for item in items[:MAX_LISTED]]
-    if len(items) > MAX_LISTED:
-        lines.append(f"  ... and {len(items) - MAX_LISTED} more")
-    return lines

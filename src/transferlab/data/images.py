@@ -25,8 +25,25 @@ Image.MAX_IMAGE_PIXELS = 89_478_485
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+# The widest shape we accept. preprocess() scales the *shorter* side to the model resolution,
+# so a 1x20000 strip (121 bytes as PNG) would become 224x4,480,000 pixels: beyond this ratio
+# an image is refused before its pixels are decoded. 16:1 still admits real panoramas.
+MAX_ASPECT_RATIO = 16.0
+
+
 class ImageDecodeError(Exception):
     """The file could not be decoded as an image; the message says why."""
+
+
+def check_aspect(width: int, height: int, limit: float = MAX_ASPECT_RATIO) -> None:
+    """Refuse degenerate shapes (0 px, or beyond `limit`:1) with a reason that names the size."""
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"empty image ({width}x{height} px)")
+    if max(width, height) / min(width, height) > limit:
+        raise ImageDecodeError(
+            f"{width}x{height} px: aspect ratio beyond {limit:g}:1 (refused: resizing it would need "
+            f"{max(width, height) / min(width, height):.0f}x the pixels of a square image)"
+        )
 
 
 def is_image_path(path: Path) -> bool:
@@ -62,21 +79,30 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+def load_rgb(path: str | Path, draft_size: int | None = None, max_aspect: float | None = None) -> Image.Image:
     """Decode `path` to an RGB PIL image with EXIF orientation applied.
 
     `draft_size` lets the JPEG decoder downscale by 2/4/8 while decoding (much faster for
     large photos) as long as the result stays at least that many pixels on each side.
+    `max_aspect` refuses, from the header alone, images more elongated than that ratio.
     """
     try:
+        if isinstance(path, (str, Path)) and Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise ImageDecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                if max_aspect is not None:
+                    check_aspect(*image.size, limit=max_aspect)
                 if draft_size and image.format == "JPEG":
                     image.draft("RGB", (draft_size, draft_size))
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except MemoryError:
+        raise ImageDecodeError("out of memory while decoding") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"too many pixels (decompression bomb guard): {exc}") from None
     except UnidentifiedImageError:

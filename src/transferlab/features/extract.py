@@ -19,10 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from transferlab.backbones import Backbone
-from transferlab.data.images import ImageDecodeError, file_digest, load_rgb
+from transferlab.data.images import MAX_ASPECT_RATIO, ImageDecodeError, check_aspect, file_digest, load_rgb
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import FeatureCache
 from transferlab.features.layers import DEFAULT_LAYERS, POOLS, pool, stage_indices
+from transferlab.options import MAX_RESOLUTION, MIN_RESOLUTION, check_int
 
 PRECISIONS = ("fp32", "bf16")
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -52,18 +53,25 @@ class ExtractionSettings:
             raise TransferlabError(f"unknown pooling '{self.pool}': choose from {', '.join(POOLS)}")
         if self.precision not in PRECISIONS:
             raise TransferlabError(f"unknown precision '{self.precision}': choose from {', '.join(PRECISIONS)}")
-        if self.resolution < 16:
-            raise TransferlabError(f"resolution {self.resolution} is too small (minimum 16)")
+        check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
         if self.batch_size < 1:
             raise TransferlabError(f"batch size must be at least 1, got {self.batch_size}")
 
 
 def preprocess(path: Path, resolution: int, interpolation: str = "bicubic") -> torch.Tensor:
-    """Decode, resize the shorter side to `resolution`, centre-crop: uint8 (3, R, R)."""
-    image = load_rgb(path, draft_size=resolution)
+    """Decode, resize the shorter side to `resolution`, centre-crop: uint8 (3, R, R).
+
+    Images more elongated than MAX_ASPECT_RATIO are refused (ImageDecodeError) before decoding,
+    and the resized size is checked again, so no upload can make this allocate more than
+    MAX_ASPECT_RATIO * R * R pixels.
+    """
+    image = load_rgb(path, draft_size=resolution, max_aspect=MAX_ASPECT_RATIO)
     width, height = image.size
+    check_aspect(width, height)  # again after EXIF rotation and JPEG draft scaling
     scale = resolution / min(width, height)
     size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    if size[0] * size[1] > MAX_ASPECT_RATIO * (resolution + 1) ** 2:
+        raise ImageDecodeError(f"{width}x{height} px would resize to {size[0]}x{size[1]}: too large")
     image = image.resize(size, _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR))
     left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
     image = image.crop((left, top, left + resolution, top + resolution))

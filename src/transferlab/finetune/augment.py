@@ -14,33 +14,44 @@ from torchvision.transforms import v2
 from transferlab.errors import TransferlabError
 
 
+def _colour(options: dict, resolution: int) -> v2.Transform:
+    m = options.get("strength", 0.2)
+    return v2.ColorJitter(brightness=m, contrast=m, saturation=m, hue=min(0.5, m / 4))
+
+
+def _shift(options: dict, resolution: int) -> v2.Transform:
+    s = options.get("fraction", 0.1)
+    return v2.RandomAffine(degrees=0, translate=(s, s))
+
+
+# name -> (builder(options, resolution), the options it reads)
+_TRANSFORMS: dict[str, tuple] = {
+    "flip": (lambda o, r: v2.RandomHorizontalFlip(p=o.get("p", 0.5)), {"p"}),
+    "vflip": (lambda o, r: v2.RandomVerticalFlip(p=o.get("p", 0.5)), {"p"}),
+    "crop": (lambda o, r: v2.RandomResizedCrop(r, scale=tuple(o.get("scale", (0.7, 1.0))), antialias=True), {"scale"}),
+    "rotation": (lambda o, r: v2.RandomRotation(o.get("degrees", 15)), {"degrees"}),
+    "shift": (_shift, {"fraction"}),
+    "zoom": (lambda o, r: v2.RandomAffine(degrees=0, scale=tuple(o.get("scale", (0.85, 1.15)))), {"scale"}),
+    "shear": (lambda o, r: v2.RandomAffine(degrees=0, shear=o.get("degrees", 10)), {"degrees"}),
+    "colour": (_colour, {"strength"}),
+    "color": (_colour, {"strength"}),
+    "randaugment": (lambda o, r: v2.RandAugment(num_ops=o.get("ops", 2), magnitude=o.get("magnitude", 9)),
+                    {"ops", "magnitude"}),
+    "trivialaugment": (lambda o, r: v2.TrivialAugmentWide(), set()),
+}
+
+
 def _one(name: str, options: dict, resolution: int) -> v2.Transform:
-    if name == "flip":
-        return v2.RandomHorizontalFlip(p=options.get("p", 0.5))
-    if name == "vflip":
-        return v2.RandomVerticalFlip(p=options.get("p", 0.5))
-    if name == "crop":
-        return v2.RandomResizedCrop(resolution, scale=tuple(options.get("scale", (0.7, 1.0))), antialias=True)
-    if name == "rotation":
-        return v2.RandomRotation(options.get("degrees", 15))
-    if name == "shift":
-        s = options.get("fraction", 0.1)
-        return v2.RandomAffine(degrees=0, translate=(s, s))
-    if name == "zoom":
-        return v2.RandomAffine(degrees=0, scale=tuple(options.get("scale", (0.85, 1.15))))
-    if name == "shear":
-        return v2.RandomAffine(degrees=0, shear=options.get("degrees", 10))
-    if name == "colour" or name == "color":
-        m = options.get("strength", 0.2)
-        return v2.ColorJitter(brightness=m, contrast=m, saturation=m, hue=min(0.5, m / 4))
-    if name == "randaugment":
-        return v2.RandAugment(num_ops=options.get("ops", 2), magnitude=options.get("magnitude", 9))
-    if name == "trivialaugment":
-        return v2.TrivialAugmentWide()
-    raise TransferlabError(
-        f"unknown augmentation '{name}': flip, vflip, crop, rotation, shift, zoom, shear, colour, "
-        "randaugment, trivialaugment"
-    )
+    if name not in _TRANSFORMS:
+        raise TransferlabError(
+            f"unknown augmentation '{name}': {', '.join(n for n in _TRANSFORMS if n != 'color')}"
+        )
+    builder, known = _TRANSFORMS[name]
+    unknown = sorted(set(map(str, options)) - known)
+    if unknown:
+        raise TransferlabError(f"augmentation '{name}': unknown option '{unknown[0]}'"
+                               f"{'; it takes ' + ', '.join(sorted(known)) if known else '; it takes none'}")
+    return builder(options, resolution)
 
 
 PRESETS: dict[str, list[dict]] = {
@@ -73,6 +84,27 @@ def build_augmentation(spec: str | list[dict], resolution: int) -> v2.Transform:
         name = options.pop("name", None)
         transforms.append(_one(str(name), options, resolution))
     return v2.Compose(transforms) if transforms else v2.Identity()
+
+
+def check_augment(spec, where: str = "recipe") -> None:
+    """Names, options and values of an augmentation spec, checked on a blank image (one line
+    naming the culprit) before any real image is decoded."""
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise TransferlabError(f"{where}: unknown augmentation preset '{spec}': {', '.join(PRESETS)}")
+        return
+    for index, item in enumerate(spec):
+        options = dict(item)
+        name = options.pop("name", None)
+        try:
+            transform = _one(str(name), options, 32)
+            with torch.random.fork_rng(devices=[]):  # a check must not move the seeded random stream
+                transform(torch.zeros((3, 32, 32), dtype=torch.uint8))
+        except TransferlabError as exc:
+            raise TransferlabError(f"{where}: augment item {index + 1}: {exc}") from None
+        except Exception as exc:  # a value of the wrong type or range, as torchvision words it
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TransferlabError(f"{where}: augment item {index + 1} ({name}): bad option value ({detail})") from None
 
 
 def mix_batch(images: torch.Tensor, labels: torch.Tensor, n_classes: int, mixup: float, cutmix: float):

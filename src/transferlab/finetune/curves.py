@@ -7,7 +7,6 @@ from pathlib import Path
 
 from transferlab.report.plots import _save, plt
 
-
 METRICS_FILE = "metrics.csv"
 
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from transferlab.data.folder import Sample
 from transferlab.features.extract import ImageList, collate_images
+from transferlab.finetune.progress import bars_enabled
 
 # Above this, activations are not cached and the stage runs on images instead.
 MAX_CACHE_BYTES = 6 * 1024**3
@@ -35,7 +36,8 @@ def load_images(samples: list[Sample], resolution: int, interpolation: str, work
     loader = DataLoader(ImageList([s.path for s in samples], resolution, interpolation), batch_size=64,
                         num_workers=workers, collate_fn=collate_images)
     images, labels, paths, failures = [], [], [], []
-    for batch, indices, errors in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for batch, indices, errors in tqdm(loader, desc=desc, unit="batch", disable=not bars_enabled(progress),
+                                       leave=False):
         for image, index, error in zip(batch, indices, errors):
             if error:
                 failures.append((samples[index].path, error))
@@ -59,8 +61,8 @@ def cached_activations(net, store: ImageStore, level: int, augmentation, draw_se
         torch.manual_seed(draw_seed)
     net.eval()
     chunks = []
-    for start in tqdm(range(0, len(store.labels), batch_size), desc=desc, unit="batch", disable=not progress,
-                      leave=False):
+    for start in tqdm(range(0, len(store.labels), batch_size), desc=desc, unit="batch",
+                      disable=not bars_enabled(progress), leave=False):
         images = store.images[start:start + batch_size]
         if augmentation is not None:
             images = augmentation(images)  # a batch augmentation (augment.build_batch_augmentation)

@@ -54,7 +54,7 @@ def expand_group_spec(spec: str | list[str], available: list[str]) -> list[str]:
         if item in available:
             resolved.append(item)
             continue
-        top = re.fullmatch(r"top(\d+)", item)
+        top = re.fullmatch(r"top([1-9]\d*)", item)  # not top0: available[-0:] would be every group
         if top:  # the last N groups, head included: backbone-agnostic
             resolved.extend(available[-int(top.group(1)):])
             continue

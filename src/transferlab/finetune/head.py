@@ -9,11 +9,14 @@ added to the loss by `penalty()`, Keras-style, rather than folded into weight de
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from transferlab.errors import TransferlabError
 
+MAX_UNITS = 16384  # a wider dense layer is a typo (or a hostile model.json asking for gigabytes)
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": nn.Identity}
 _KEYS = {
     "batchnorm": set(),
@@ -28,6 +31,8 @@ class Head(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         self._penalties: list[tuple[nn.Linear, float, float]] = []
+        if not isinstance(spec, list) or not all(isinstance(layer, dict) for layer in spec):
+            raise TransferlabError(f"head must be a list of layers ({{type: ...}}), got {spec!r}"[:300])
         width = in_features
         for index, layer in enumerate(spec):
             width = self._add(layers, dict(layer), width, f"head layer {index + 1}")
@@ -36,25 +41,27 @@ class Head(nn.Module):
 
     def _add(self, layers: list[nn.Module], layer: dict, width: int, where: str) -> int:
         kind = layer.pop("type", None)
+        if not isinstance(kind, str):
+            raise TransferlabError(f"{where}: type must be one of {', '.join(_KEYS)}, got {kind!r}")
         if kind not in _KEYS:
-            raise TransferlabError(f"{where}: unknown type '{kind}'; use one of {', '.join(_KEYS)}")
+            raise TransferlabError(f"{where}: unknown type {kind!r}; use one of {', '.join(_KEYS)}")
         unknown = set(layer) - _KEYS[kind]
         if unknown:
-            raise TransferlabError(f"{where}: unknown key '{sorted(unknown)[0]}' for {kind}")
+            raise TransferlabError(f"{where}: unknown key '{sorted(map(str, unknown))[0]}' for {kind}")
         if kind == "batchnorm":
             layers.append(nn.BatchNorm1d(width))
         elif kind == "dropout":
-            p = float(layer.get("p", 0.5))
+            p = _number(layer, "p", 0.5, where)
             if not 0 <= p < 1:
                 raise TransferlabError(f"{where}: dropout p must be in [0, 1), got {p}")
             layers.append(nn.Dropout(p))
         elif kind == "activation":
             layers.append(_activation(layer.get("name", "relu"), where))
         else:
-            units = int(layer.get("units", 0))
-            if units < 1:
-                raise TransferlabError(f"{where}: dense needs units >= 1, got {units}")
-            l1, l2 = float(layer.get("l1", 0.0)), float(layer.get("l2", 0.0))
+            units = layer.get("units", 0)
+            if isinstance(units, bool) or not isinstance(units, int) or not 1 <= units <= MAX_UNITS:
+                raise TransferlabError(f"{where}: dense needs whole-number units in 1..{MAX_UNITS}, got {units!r}")
+            l1, l2 = _number(layer, "l1", 0.0, where), _number(layer, "l2", 0.0, where)
             if l1 < 0 or l2 < 0:
                 raise TransferlabError(f"{where}: l1/l2 must be 0 or more")
             dense = nn.Linear(width, units)
@@ -82,7 +89,29 @@ class Head(nn.Module):
         return total
 
 
+def check_head(spec: list[dict], where: str = "recipe") -> None:
+    """A head spec builds (on a small width): every error is one line, before any image is read."""
+    if not isinstance(spec, list) or not all(isinstance(layer, dict) for layer in spec):
+        raise TransferlabError(f"{where}: head must be a list of layers ({{type: ...}}), got {spec!r}")
+    try:
+        Head(8, 2, spec)
+    except TransferlabError as exc:
+        raise TransferlabError(f"{where}: {exc}") from None
+
+
+def _number(layer: dict, key: str, default: float, where: str) -> float:
+    value = layer.get(key, default)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TransferlabError(f"{where}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
 def _activation(name: str, where: str) -> nn.Module:
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise TransferlabError(f"{where}: unknown activation '{name}'; use one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()

@@ -37,6 +37,7 @@ from transferlab.finetune.data import (
     training_loader,
 )
 from transferlab.finetune.lit import StageModule, epoch_seed
+from transferlab.finetune.progress import progress_callbacks
 from transferlab.finetune.train import (
     FinetuneConfig,
     class_weights_of,
@@ -89,6 +90,7 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
     module.loss_trace = []
 
     quiet_lightning()
+    bars, show_bar = progress_callbacks(config.progress, "lr range test")
     with tempfile.TemporaryDirectory(prefix="transferlab-lr-find-") as scratch:
         trainer = L.Trainer(
             max_epochs=math.ceil(steps / max(1, len(loader))) + 1,  # small folders: the test spans epochs
@@ -97,7 +99,8 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
             precision="bf16-mixed" if setup.precision == "bf16" else "32-true",
             logger=False,
             enable_checkpointing=False,
-            enable_progress_bar=config.progress,
+            enable_progress_bar=show_bar,
+            callbacks=bars,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             default_root_dir=scratch,
@@ -106,8 +109,9 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
             for message in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*",
                             ".*no `val_dataloader`.*", ".*LeafSpec.*"):
                 warnings.filterwarnings("ignore", message)
-            # The range test draws its own progress bar whatever the Trainer says: --quiet hides it.
-            with contextlib.nullcontext() if config.progress else contextlib.redirect_stderr(io.StringIO()):
+            # The range test draws its own progress bar (on stderr) whatever the Trainer says:
+            # hidden wherever the Trainer's bars are.
+            with contextlib.nullcontext() if show_bar else contextlib.redirect_stderr(io.StringIO()):
                 # early_stop_threshold=None: Lightning's divergence check runs on its own
                 # mis-smoothed losses; the sweep is cut below, on ours.
                 finder = Tuner(trainer).lr_find(module, train_dataloaders=loader, min_lr=min_lr, max_lr=max_lr,

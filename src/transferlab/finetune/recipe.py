@@ -13,18 +13,68 @@ Stage presets: head-only, fine_tune, from-block:K, gradual:N, three-step.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from transferlab.errors import TransferlabError
+from transferlab.options import MAX_BATCH_SIZE, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, PRECISION_CHOICES
 
 SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
 OPTIMIZERS = ("adamw", "sgd")
 BN_MODES = ("frozen", "train")
 BALANCE = ("none", "weights", "sampler")
+MAX_PROCESSES = 64
+
+
+# --- typed checks: one line naming the field, before any image is decoded --------------------
+
+
+def _int(where: str, name: str, value, low: int, high: int | None = None, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TransferlabError(f"{where}: {name} must be a whole number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else "0 or more" if low == 0 else f"at least {low}"
+        raise TransferlabError(f"{where}: {name} must be {bound}, got {value}")
+    return value
+
+
+def _number(where: str, name: str, value, optional: bool = False) -> float | None:
+    """A finite number. YAML 1.1 reads `1e-3` (no dot) as a string: accept what float() reads."""
+    if value is None and optional:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TransferlabError(f"{where}: {name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _choice(where: str, name: str, value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise TransferlabError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _bool(where: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TransferlabError(f"{where}: {name} must be true or false, got {value!r}")
+    return value
+
+
+def _mappings(where: str, name: str, value) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise TransferlabError(f"{where}: {name} must be a list of mappings ({{key: value}}), got {value!r}")
+    return [dict(item) for item in value]
 
 
 @dataclass
@@ -39,20 +89,23 @@ class Stage:
     schedule: str = "cosine"
 
     def validate(self, where: str) -> None:
-        if self.epochs < 1:
-            raise TransferlabError(f"{where}: epochs must be at least 1, got {self.epochs}")
+        """Check every field's type and range; numbers given as text (YAML `1e-3`) become floats."""
+        if not isinstance(self.train, str) or not self.train.strip():
+            raise TransferlabError(f"{where}: train must name groups (e.g. head, all, blocks.5-6,head), "
+                                   f"got {self.train!r}")
+        _int(where, "epochs", self.epochs, 1)
+        self.lr = _number(where, "lr", self.lr)
+        self.head_lr = _number(where, "head_lr", self.head_lr, optional=True)
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise TransferlabError(f"{where}: {name} must be positive, got {value}")
+        self.layer_decay = _number(where, "layer_decay", self.layer_decay, optional=True)
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise TransferlabError(f"{where}: layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.patience < 0:
-            raise TransferlabError(f"{where}: patience must be 0 or more, got {self.patience}")
-        if self.bn not in BN_MODES:
-            raise TransferlabError(f"{where}: bn must be one of {', '.join(BN_MODES)}, got '{self.bn}'")
-        if self.schedule not in SCHEDULES:
-            raise TransferlabError(f"{where}: schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        _int(where, "patience", self.patience, 0)
+        _choice(where, "bn", self.bn, BN_MODES)
+        _choice(where, "schedule", self.schedule, SCHEDULES)
 
 
 @dataclass
@@ -77,34 +130,81 @@ class Recipe:
     tta: bool = False
     stages: str | list[dict] = "fine_tune"
     processes: int = 1  # >1: Lightning DDP on CPU (gloo)
+    # Overrides of every stage (the CLI's --epochs / --lr), applied by `resolve_stages`:
+    epochs: int | None = None  # sets every stage's epochs
+    lr: float | None = None  # sets the first stage's rate; the others keep their ratio to it
 
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise TransferlabError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise TransferlabError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'")
-        if self.balance not in BALANCE:
-            raise TransferlabError(f"balance must be one of {', '.join(BALANCE)}, got '{self.balance}'")
+    def validate(self, where: str = "recipe") -> None:
+        """Check every field's type and range (one line naming the field); normalises numbers."""
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            raise TransferlabError(f"{where}: backbone must be a backbone name, got {self.backbone!r}")
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise TransferlabError(f"{where}: weights must be a file path or 'random', got {self.weights!r}")
+        _int(where, "resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION, optional=True)
+        _choice(where, "precision", self.precision, PRECISION_CHOICES)
+        _int(where, "batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _int(where, "seed", self.seed, 0, MAX_SEED)
+        self.val_fraction = _number(where, "val_fraction", self.val_fraction)
+        if not 0 < self.val_fraction < 1:
+            raise TransferlabError(f"{where}: val_fraction must be between 0 and 1 (exclusive), "
+                                   f"got {self.val_fraction}")
+        _int(where, "per_class", self.per_class, 2, optional=True)
+        self._validate_training(where)
+        self._validate_parts(where)
+        _int(where, "epochs", self.epochs, 1, optional=True)
+        self.lr = _number(where, "lr", self.lr, optional=True)
+        if self.lr is not None and not self.lr > 0:
+            raise TransferlabError(f"{where}: lr must be positive, got {self.lr}")
+
+    def _validate_training(self, where: str) -> None:
+        _choice(where, "optimizer", self.optimizer, OPTIMIZERS)
+        _choice(where, "balance", self.balance, BALANCE)
+        self.label_smoothing = _number(where, "label_smoothing", self.label_smoothing)
         if not 0 <= self.label_smoothing < 1:
-            raise TransferlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.weight_decay < 0:
-            raise TransferlabError(f"weight_decay must be 0 or more, got {self.weight_decay}")
-        if self.augment_draws < 1:
-            raise TransferlabError(f"augment_draws must be at least 1, got {self.augment_draws}")
-        if self.processes < 1:
-            raise TransferlabError(f"processes must be at least 1, got {self.processes}")
+            raise TransferlabError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("weight_decay", "mixup", "cutmix"):
+            value = _number(where, name, getattr(self, name))
+            if value < 0:
+                raise TransferlabError(f"{where}: {name} must be 0 or more, got {value}")
+            setattr(self, name, value)
+        _int(where, "augment_draws", self.augment_draws, 1)
+        _int(where, "processes", self.processes, 1, MAX_PROCESSES)
+        _bool(where, "tta", self.tta)
+
+    def _validate_parts(self, where: str) -> None:
+        """Head, augmentation and stage list: their structure, and every name they use."""
+        # Imported here: the recipe module stays light (no torch) for callers that only read YAML.
+        from transferlab.finetune.augment import check_augment
+        from transferlab.finetune.head import check_head
+
+        self.head = _mappings(where, "head", self.head)
+        check_head(self.head, where)
+        if not isinstance(self.augment, str):
+            self.augment = _mappings(where, "augment", self.augment)
+        check_augment(self.augment, where)
+        if isinstance(self.stages, str):
+            return
+        self.stages = _mappings(where, "stages", self.stages)
+        if not self.stages:
+            raise TransferlabError(f"{where}: stages must be a preset name or a non-empty list of stages")
 
 
 def _from_dict(cls, data: dict, where: str):
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(map(str, data)) - known)
     if unknown:
         raise TransferlabError(f"{where}: unknown key '{unknown[0]}'; known keys: {', '.join(sorted(known))}")
     return cls(**data)
 
 
 def load_recipe(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Recipe:
-    """Read a YAML recipe (or the defaults) and apply command-line overrides."""
+    """Read a YAML recipe (or the defaults) and apply command-line overrides.
+
+    Overrides are recipe keys; None means "not given". Besides every recipe field they take
+    `epochs` (sets every stage's epochs), `lr` (sets the first stage's learning rate and
+    scales the other stages' rates by the same factor, see `apply_overrides`) and
+    `per_class` (at most N images per class, the small-data regime).
+    """
     data: dict = {}
     if path is not None:
         file = Path(path)
@@ -112,13 +212,25 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: dict | None = 
             raise TransferlabError(f"{file}: recipe not found")
         try:
             data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise TransferlabError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise TransferlabError(f"{file}: a recipe is a mapping of keys to values")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    recipe = _from_dict(Recipe, data, str(path or "recipe"))
-    recipe.validate()
+    where = str(path or "recipe")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _from_dict(Recipe, given, "overrides")  # an unknown override key is a programming error, said as such
+    data.update(given)
+    recipe = _from_dict(Recipe, data, where)
+    recipe.validate(where)
+    return recipe
+
+
+def recipe_from_saved(data, where: str) -> Recipe:
+    """The recipe a run recorded (finetune_state.json), checked like a recipe file."""
+    if not isinstance(data, Mapping):
+        raise TransferlabError(f"{where}: the saved recipe is not a mapping")
+    recipe = _from_dict(Recipe, dict(data), where)
+    recipe.validate(where)
     return recipe
 
 
@@ -133,7 +245,31 @@ def resolve_stages(recipe: Recipe, groups: list[str]) -> list[Stage]:
         raise TransferlabError("stages must be a preset name or a non-empty list of stages")
     for index, stage in enumerate(stages):
         stage.validate(f"stage {index + 1}")
+    apply_overrides(stages, recipe, groups)
     return stages
+
+
+def apply_overrides(stages: list[Stage], recipe: Recipe, groups: list[str]) -> None:
+    """`epochs` sets every stage's epochs. `lr` sets the first stage's rate, the one
+    `--find-lr` suggests (its head_lr when it trains only the head and sets one, else its
+    lr), and multiplies every other rate (lr, head_lr, every stage) by the same factor, so
+    the recipe's ratios between stages and the head stay. Both are idempotent: the resolved
+    recipe saved in config.yaml (stages and overrides) re-runs to the same stages.
+    """
+    if recipe.epochs is not None:
+        for stage in stages:
+            stage.epochs = recipe.epochs
+    if recipe.lr is not None and stages:
+        from transferlab.finetune.groups import expand_group_spec  # torch: not needed to read a recipe
+
+        first = stages[0]
+        head_only = expand_group_spec(first.train, groups + ["head"]) == ["head"]
+        reference = first.head_lr if head_only and first.head_lr else first.lr
+        factor = recipe.lr / reference
+        for stage in stages:
+            stage.lr *= factor
+            if stage.head_lr is not None:
+                stage.head_lr *= factor
 
 
 def preset_stages(name: str, groups: list[str]) -> list[Stage]:

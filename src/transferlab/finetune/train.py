@@ -14,6 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import numpy as np
@@ -23,11 +24,12 @@ from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import save_file
 from torch.utils.data import TensorDataset
 
-from transferlab.atomic import write_json
+from transferlab.atomic import atomic_path, write_json
 from transferlab.backbones import create_backbone
 from transferlab.backbones.registry import Backbone
-from transferlab.data.folder import FolderScan, scan_folder
-from transferlab.data.split import Split, save_split, stratified_split
+from transferlab.data.folder import FolderScan
+from transferlab.data.layout import PreparedData, prepare_data
+from transferlab.data.split import Split, save_split
 from transferlab.errors import TransferlabError
 from transferlab.evaluation import CamSource, SplitPredictions, evaluate_run
 from transferlab.explain.cam import target_layer
@@ -49,11 +51,20 @@ from transferlab.finetune.data import (
 from transferlab.finetune.groups import expand_group_spec
 from transferlab.finetune.lit import StageModule, epoch_seed
 from transferlab.finetune.network import FinetuneNet
-from transferlab.finetune.recipe import Recipe, Stage, recipe_to_dict, resolve_stages
-from transferlab.precision import resolve_precision
-from transferlab.report.baseline import load_baseline
+from transferlab.finetune.progress import progress_callbacks
+from transferlab.finetune.recipe import Recipe, Stage, recipe_from_saved, recipe_to_dict, resolve_stages
+from transferlab.finetune.resume import (
+    check_resumable,
+    checkpoint_in_run,
+    load_checkpoint,
+    outcome_from_checkpoint,
+    read_state,
+)
+from transferlab.options import check_file, check_folder
+from transferlab.precision import INFERENCE_PRECISION, resolve_precision
+from transferlab.report.baseline import check_baseline_classes, load_baseline
 from transferlab.report.html import render_report
-from transferlab.runs import RunDir
+from transferlab.runs import RunDir, check_out_folder
 
 STATE_FILE = "finetune_state.json"
 
@@ -65,10 +76,16 @@ class FinetuneConfig:
     recipe: Recipe
     test: str | None = None
     baseline: str | None = None
+    baseline_partial: bool = False  # compare the shared classes when the baseline names others too
+    exclude: str | None = None  # an exclude list (doctor --write-exclude): files left out
     workers: int = dataclasses.field(default_factory=default_workers)
     error_grid: int = 12
     mlflow_uri: str | None = None
-    progress: bool = True
+    progress: bool = True  # progress bars on stderr, and only where stderr is a terminal
+    # Called with each stage's outcome as the stage ends (the dict that metrics["stages"] lists:
+    # index, train, level, processes, epochs_run, best_val_acc, best_checkpoint, seconds), so a
+    # caller can print it then; on resume, first for the stages finished before the restart.
+    on_stage_end: Callable[[dict], None] | None = None
 
 
 @dataclass
@@ -84,6 +101,7 @@ class FinetuneResult:
 class TrainingSetup:
     """What every stage needs, built (and checked) before any image is decoded."""
 
+    data: PreparedData  # layout, notes, skipped files, test folder
     scan: FolderScan
     split: Split
     backbone: Backbone
@@ -96,8 +114,10 @@ class TrainingSetup:
 
 def prepare_training(config: FinetuneConfig) -> TrainingSetup:
     recipe = config.recipe
-    scan = scan_folder(config.data)
-    split = stratified_split(scan, recipe.val_fraction, recipe.seed, recipe.per_class)
+    recipe.validate()  # a Recipe built in Python skipped load_recipe's checks
+    data = prepare_data(config.data, config.test, recipe.val_fraction, recipe.seed, recipe.per_class,
+                        exclude=config.exclude)
+    scan, split = data.scan, data.split
     backbone = create_backbone(recipe.backbone, recipe.weights)
     resolution = recipe.resolution or choose_resolution([s.path for s in split.train], backbone.native_size)[0]
     precision = resolve_precision(recipe.precision)
@@ -108,28 +128,38 @@ def prepare_training(config: FinetuneConfig) -> TrainingSetup:
     stages = resolve_stages(recipe, list(net.group_params))
     all_groups = list(net.group_params) + ["head"]
     trainables = [expand_group_spec(stage.train, all_groups) for stage in stages]  # fails before training
-    return TrainingSetup(scan, split, backbone, resolution, precision, net, stages, trainables)
+    return TrainingSetup(data, scan, split, backbone, resolution, precision, net, stages, trainables)
 
 
 def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult:
     started = time.perf_counter()
     wall_origin = time.time()
-    recipe = config.recipe
-    if config.baseline is not None and not Path(config.baseline).is_file():
-        raise TransferlabError(f"{config.baseline}: baseline CSV not found")
+    check_folder(config.data)
+    check_folder(config.test, "test folder")
+    check_file(config.baseline, "baseline CSV")
+    check_file(config.exclude, "exclude list")
+    if not resume:
+        check_out_folder(config.out)
     baseline = load_baseline(config.baseline) if config.baseline else None
     setup = prepare_training(config)
+    if baseline is not None:
+        check_baseline_classes(baseline, setup.scan.classes, config.baseline, config.baseline_partial)
+    run = RunDir(config.out)
+    state = _open_state(run, _fingerprint(config, setup.split, setup.scan.classes), resume)
+    with run.recording("finetune"):
+        return _train_and_report(config, setup, run, state, baseline, started, wall_origin)
+
+
+def _train_and_report(config: FinetuneConfig, setup: TrainingSetup, run: RunDir, state: dict,
+                      baseline: dict | None, started: float, wall_origin: float) -> FinetuneResult:
+    recipe = config.recipe
     scan, split, backbone, net = setup.scan, setup.split, setup.backbone, setup.net
     resolution, precision, stages, trainables = setup.resolution, setup.precision, setup.stages, setup.trainables
-    test_scan = scan_folder(config.test, classes=scan.classes) if config.test else None
-
-    run = RunDir(config.out)
-    fingerprint = _fingerprint(config, split, scan.classes)
-    state = _open_state(run, fingerprint, resume)
+    test_scan = setup.data.test_scan
     resolved = recipe_to_dict(recipe, stages)
     resolved["resolution"] = resolution
     run.write_config(resolved)
-    save_split(split, run.path / "split.json", scan.root)
+    save_split(split, run.path / "split.json", setup.data.root)
 
     torch.manual_seed(recipe.seed)
     timings: dict[str, float] = {}
@@ -146,19 +176,21 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult
     activation_cache: dict = {}
     for index, (stage, trainable) in enumerate(zip(stages, trainables)):
         if index < len(state["stages"]):
-            continue  # finished before a restart
+            _stage_ended(config, state["stages"][index])  # finished before a restart
+            continue
         if index > 0:
-            _load_weights(net, state["stages"][index - 1]["best_checkpoint"])
+            _load_weights(net, state["stages"][index - 1]["best_checkpoint"], run)
         t_stage = time.perf_counter()
         result = _train_stage(run, net, recipe, stage, index, trainable, input_levels[index], activation_cache,
                               train_store, val_store, augmentation, class_weights, precision, config, wall_origin)
         state["stages"].append({"index": index + 1, "train": stage.train, **result,
                                 "seconds": round(time.perf_counter() - t_stage, 3)})
         write_json(run.path / STATE_FILE, state)
+        _stage_ended(config, state["stages"][-1])
     timings["train"] = round(sum(s["seconds"] for s in state["stages"]), 3)
 
     best = max(state["stages"], key=lambda s: s["best_val_acc"])
-    _load_weights(net, best["best_checkpoint"])
+    _load_weights(net, best["best_checkpoint"], run)
     net.eval()
     t0 = time.perf_counter()
     splits = [SplitPredictions("val", val_store.paths, val_store.labels.numpy(),
@@ -171,7 +203,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult
         splits.append(SplitPredictions("test", test_store.paths, test_store.labels.numpy(),
                                        predict_probabilities(net, test_store.images, precision, recipe.tta)))
     skipped = [[str(p), r] for p, r in failures]
-    skipped += [[str(s.path), s.reason] for sc in (scan, test_scan) if sc for s in sc.skipped]
+    skipped += [[str(s.path), s.reason] for s in setup.data.skipped]
     run.write_csv("skipped.csv", ["path", "reason"], skipped)
     net_float = net.float()
     cam = CamSource(net_float, target_layer(net.backbone), net.normalise, resolution, backbone.interpolation)
@@ -181,7 +213,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> FinetuneResult
     plot_training_curves(run.path / "logs", len(stages), run.plots_dir / "training_curves.png")
     _save_model(run, net, recipe, backbone, scan.classes, resolution, precision)
 
-    warnings_list = split.warnings + evaluation.warnings
+    warnings_list = list(setup.data.notes) + evaluation.warnings  # notes hold the split's warnings
     if skipped:
         warnings_list.append(f"{len(skipped)} files skipped (listed in {run.path / 'skipped.csv'})")
     summary = {
@@ -214,10 +246,19 @@ def _fingerprint(config: FinetuneConfig, split, classes: list[str]) -> dict:
         "data": str(Path(config.data).resolve()),
         "test": str(Path(config.test).resolve()) if config.test else None,
         "baseline": str(Path(config.baseline).resolve()) if config.baseline else None,
+        "baseline_partial": config.baseline_partial,
+        "exclude": str(Path(config.exclude).resolve()) if config.exclude else None,
         "classes": classes,
         "files": len(split.train) + len(split.val),
-        "recipe": recipe_to_dict(config.recipe, []) | {"stages": config.recipe.stages},
+        "recipe": _recipe_fingerprint(config.recipe),
     }))
+
+
+def _recipe_fingerprint(recipe: Recipe) -> dict:
+    data = recipe_to_dict(recipe, []) | {"stages": recipe.stages}
+    # The overrides (--epochs, --lr) when unset are left out: runs killed before they existed
+    # recorded recipes without them, and still resume.
+    return {k: v for k, v in data.items() if not (k in ("epochs", "lr") and v is None)}
 
 
 def _open_state(run: RunDir, fingerprint: dict, resume: bool) -> dict:
@@ -229,8 +270,8 @@ def _open_state(run: RunDir, fingerprint: dict, resume: bool) -> dict:
         return state
     if not state_path.is_file():
         raise TransferlabError(f"{run.path}: nothing to resume (no {STATE_FILE})")
-    state = json.loads(state_path.read_text(encoding="utf-8"))
-    old = state.get("fingerprint", {})
+    state = read_state(state_path)
+    old = state["fingerprint"]
     for key, what in (("data", "dataset"), ("classes", "class list"), ("files", "number of images")):
         if old.get(key) != fingerprint[key]:
             raise TransferlabError(f"{run.path}: resume points at a run of another {what} "
@@ -240,6 +281,7 @@ def _open_state(run: RunDir, fingerprint: dict, resume: bool) -> dict:
                                f"'{old.get('recipe', {}).get('backbone')}', not '{fingerprint['recipe']['backbone']}'")
     if old.get("recipe") != fingerprint["recipe"]:
         raise TransferlabError(f"{run.path}: the recipe differs from the run's; resume without changing it")
+    check_resumable(state, run.path)
     run.resume("finetune")
     return state
 
@@ -301,6 +343,7 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
                              enable_version_counter=False)
     last = checkpoint_dir / "last.ckpt"
     if last.exists():
+        load_checkpoint(last)  # refuses anything but plain tensors and containers, in one line, before Lightning
         keep_partial_log(stage_log_dir(run.path / "logs", index + 1))
     loggers = [CSVLogger(run.path / "logs", name=f"stage{index + 1}", version=0)]
     if config.mlflow_uri:
@@ -308,15 +351,16 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
 
         loggers.append(MLFlowLogger(experiment_name="transferlab", tracking_uri=config.mlflow_uri))
     quiet_lightning()
+    bars, show_bar = progress_callbacks(config.progress, f"stage {index + 1}")
     trainer = L.Trainer(
         max_epochs=stage.epochs,
         accelerator="cpu",
         devices=recipe.processes,
         strategy="ddp_spawn" if recipe.processes > 1 else "auto",
         precision="bf16-mixed" if precision == "bf16" else "32-true",
-        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=stage.patience), checkpoint, latest],
+        callbacks=[EarlyStopping(monitor="val_loss", mode="min", patience=stage.patience), checkpoint, latest, *bars],
         logger=loggers,
-        enable_progress_bar=config.progress,
+        enable_progress_bar=show_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
@@ -328,11 +372,14 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
                         ".*smaller than the logging interval.*", ".*LeafSpec.*", ".*ModelCheckpoint.*",
                         ".*Experiment logs directory.*"):  # a resumed stage's log was moved aside first
             warnings.filterwarnings("ignore", message)
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.exists() else None)
+        # weights_only=True, explicitly: Lightning's default (None) lets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
+        # turn the restore into a full unpickling of whatever last.ckpt holds.
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.exists() else None,
+                    weights_only=True)
     best_path = checkpoint.best_model_path or str(last)
     epochs_run, best_score = trainer.current_epoch, checkpoint.best_model_score
     if recipe.processes > 1:
-        epochs_run, best_score = _outcome_from_checkpoint(last)
+        epochs_run, best_score = outcome_from_checkpoint(last)
     return {
         "level": level,
         "processes": trainer.world_size,
@@ -340,19 +387,6 @@ def _train_stage(run: RunDir, net: FinetuneNet, recipe: Recipe, stage: Stage, in
         "best_val_acc": float(best_score) if best_score is not None else 0.0,
         "best_checkpoint": str(Path(best_path).resolve()),
     }
-
-
-def _outcome_from_checkpoint(last: Path) -> tuple[int, float | None]:
-    """Epochs run and best val acc, read from the stage's last checkpoint.
-
-    Under ddp_spawn the training happens in child processes and Lightning (2.6) sends only
-    the best checkpoint's path back: in this process the trainer's epoch count is 0 and the
-    checkpoint callback's best score None.
-    """
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    score = next((state.get("best_model_score") for name, state in saved.get("callbacks", {}).items()
-                  if str(name).startswith("ModelCheckpoint{'monitor': 'val_acc'")), None)
-    return int(saved["epoch"]) + 1, (float(score) if score is not None else None)
 
 
 def quiet_lightning() -> None:
@@ -385,10 +419,21 @@ def _loaders(net, recipe, index, level, draws, activation_cache, train_store, va
     return train_loader, val_loader
 
 
-def _load_weights(net: FinetuneNet, checkpoint_path: str) -> None:
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+def _load_weights(net: FinetuneNet, checkpoint_path: str, run: RunDir) -> None:
+    """A stage's best weights; the path comes from finetune_state.json, so it must lie in the run."""
+    file = checkpoint_in_run(checkpoint_path, run.path, str(run.path / STATE_FILE))
+    checkpoint = load_checkpoint(file)
     state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()}
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or ["mismatch"])[0]
+        raise TransferlabError(f"{file}: weights do not fit this network ({first})") from None
+
+
+def _stage_ended(config: FinetuneConfig, outcome: dict) -> None:
+    if config.on_stage_end is not None:
+        config.on_stage_end(dict(outcome))
 
 
 @torch.inference_mode()
@@ -408,9 +453,8 @@ def predict_probabilities(net: FinetuneNet, images: torch.Tensor, precision: str
 
 def _save_model(run: RunDir, net: FinetuneNet, recipe: Recipe, backbone, classes, resolution, precision) -> None:
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    tmp = run.model_dir / ".network.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(run.model_dir / "network.safetensors")
+    with atomic_path(run.model_dir / "network.safetensors") as tmp:  # atomic, with ordinary permissions
+        save_file(state, str(tmp))
     write_json(run.model_dir / "model.json", {
         "kind": "finetune",
         "classes": classes,
@@ -419,6 +463,7 @@ def _save_model(run: RunDir, net: FinetuneNet, recipe: Recipe, backbone, classes
         "head": recipe.head,
         "resolution": resolution,
         "precision": precision,
+        "inference_precision": INFERENCE_PRECISION,
         "tta": recipe.tta,
         "mean": list(backbone.mean),
         "std": list(backbone.std),
@@ -432,13 +477,16 @@ def resume_config(run_path: str | Path, data: str | None = None, backbone: str |
     state_path = Path(run_path) / STATE_FILE
     if not state_path.is_file():
         raise TransferlabError(f"{run_path}: nothing to resume (no {STATE_FILE}); is it a fine-tune run?")
-    saved = json.loads(state_path.read_text(encoding="utf-8"))["fingerprint"]
+    saved = read_state(state_path)["fingerprint"]
     if data is not None and str(Path(data).resolve()) != saved["data"]:
         raise TransferlabError(f"{run_path}: resume points at a run of another dataset ({saved['data']}, not {data})")
     if backbone is not None and backbone != saved["recipe"]["backbone"]:
         raise TransferlabError(f"{run_path}: resume points at a run of backbone '{saved['recipe']['backbone']}', "
                                f"not '{backbone}'")
-    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
-    recipe = Recipe(**{k: v for k, v in saved["recipe"].items() if k in recipe_fields})
-    return FinetuneConfig(data=saved["data"], out=str(run_path), recipe=recipe, test=saved.get("test"),
-                          baseline=saved.get("baseline"), progress=progress)
+    recipe = recipe_from_saved(saved["recipe"], f"{state_path} (recipe)")
+    def path_or_none(key: str) -> str | None:  # the state file is hostile: a path must be a string
+        return saved.get(key) if isinstance(saved.get(key), str) else None
+
+    return FinetuneConfig(data=saved["data"], out=str(run_path), recipe=recipe, test=path_or_none("test"),
+                          baseline=path_or_none("baseline"), baseline_partial=saved.get("baseline_partial") is True,
+                          exclude=path_or_none("exclude"), progress=progress)

@@ -22,7 +22,8 @@ import numpy as np
 from transferlab.atomic import write_json
 from transferlab.backbones import create_backbone
 from transferlab.backbones.registry import DEFAULT_BACKBONE
-from transferlab.data.folder import Sample, scan_folder
+from transferlab.data.folder import Sample
+from transferlab.data.layout import scan_data
 from transferlab.errors import TransferlabError
 from transferlab.features.extract import (
     ExtractionSettings,
@@ -464,7 +465,7 @@ def embed_data(
     Defaults match the probe's (layers, pooling, resolution rule, precision), so features a
     probe already extracted come from the cache and vice versa.
     """
-    scan = scan_folder(data_dir)
+    scan = scan_data(data_dir).data  # a pre-split folder's train/ and val/ are not classes
     samples = _limit_per_class(scan.samples, per_class, seed)
     model = create_backbone(backbone, weights)
     paths = [s.path for s in samples]

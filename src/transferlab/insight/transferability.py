@@ -23,8 +23,7 @@ import torch
 from timm.layers import SelectAdaptivePool2d
 
 from transferlab.backbones import REGISTRY, Backbone, create_backbone
-from transferlab.data.folder import scan_folder
-from transferlab.data.split import stratified_split
+from transferlab.data.layout import prepare_data
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import default_cache_root
 from transferlab.features.extract import (
@@ -444,9 +443,10 @@ def rank_backbones(
         raise TransferlabError("no backbones to rank: name at least one")
     _check_names(names)
     start = time.perf_counter()
-    scan = scan_folder(data)
-    split = stratified_split(scan, val_fraction, seed, per_class)
-    notes = list(split.warnings)
+    # The probe's own split (layout, duplicates kept together), so probe runs on it compare.
+    prepared = prepare_data(data, None, val_fraction, seed, per_class)
+    scan, split = prepared.scan, prepared.split
+    notes = list(prepared.notes)
     train_paths = [s.path for s in split.train]
     train_labels = np.asarray([s.label for s in split.train], dtype=np.int64)
     settings = {"pool": "avg", "batch_size": batch_size, "precision": resolve_precision(precision),

@@ -164,3 +164,25 @@ def compare_to_baseline(per_class: dict, baseline: dict[str, float]) -> Baseline
         missing_in_ours=[name for name in baseline if name not in per_class],
         missing_in_baseline=[name for name in ours_names if name not in baseline],
     )
+
+
+def check_baseline_classes(baseline: dict[str, float], classes: list[str], source: str,
+                           partial: bool = False) -> None:
+    """Refuse, before any work, a baseline whose classes are not the data's.
+
+    A partial match is an error unless `partial` is set: "beats 1 of 1" against a baseline
+    of another naming reads like a result and is not one.
+    """
+    missing_in_baseline = [c for c in classes if c not in baseline]
+    missing_in_data = [c for c in baseline if c not in classes]
+    if not missing_in_baseline and not missing_in_data:
+        return
+    if len(missing_in_baseline) == len(classes):
+        raise TransferlabError(f"{source}: baseline shares no class name with the data "
+                               f"(data: {_some_names(classes)}; baseline: {_some_names(list(baseline))})")
+    if not partial:
+        raise TransferlabError(
+            f"{source}: baseline classes differ from the data's (not in the baseline: "
+            f"{_some_names(missing_in_baseline)}; not in the data: {_some_names(missing_in_data)}); "
+            "fix the names, or pass --baseline-partial to compare the shared classes only"
+        )

@@ -68,6 +68,12 @@ class ErrorTile:
     predicted: str
     probability: float  # of the predicted class
     overlay: np.ndarray | None = None  # CAM overlay, same role as image
+    name: str = ""  # the file's name, so a reader can find the image
+
+
+def _short(name: str, width: int = 22) -> str:
+    """A file name that fits under a tile: the start and the end (suffixes and numbers matter)."""
+    return name if len(name) <= width else f"{name[:width // 2 - 1]}…{name[-(width // 2):]}"
 
 
 def plot_error_grid(tiles: list[ErrorTile], path: str | os.PathLike, title: str = "") -> Path:
@@ -82,8 +88,10 @@ def plot_error_grid(tiles: list[ErrorTile], path: str | os.PathLike, title: str 
         for index, tile in enumerate(tiles):
             ax = axes.flat[index * per_tile]
             ax.imshow(tile.image)
-            ax.set_title(f"true {_label(tile.true)}\npred {_label(tile.predicted)} {tile.probability:.2f}",
-                         fontsize=7, color="#b00020")
+            caption = f"true {_label(tile.true)}\npred {_label(tile.predicted)} {tile.probability:.2f}"
+            if tile.name:
+                caption = f"{_label(_short(tile.name))}\n{caption}"
+            ax.set_title(caption, fontsize=7, color="#b00020")
             if per_tile == 2 and tile.overlay is not None:
                 axes.flat[index * per_tile + 1].imshow(tile.overlay)
                 axes.flat[index * per_tile + 1].set_title("Grad-CAM", fontsize=7)

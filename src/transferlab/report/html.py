@@ -13,6 +13,7 @@ from pathlib import Path
 from transferlab import __version__
 from transferlab.atomic import write_text
 from transferlab.errors import TransferlabError
+from transferlab.report.reproduce import reproduce_info
 
 SPLITS = ("val", "test")
 SKIPPED_ROWS_SHOWN = 200
@@ -84,6 +85,13 @@ def _summary_value(value: object) -> str:
     return _e(value)
 
 
+def _reproduce_section(reproduce: dict) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in (reproduce.get("versions") or {}).items())
+    rows = [["command", f"<code>{_e(str(reproduce.get('command', '')))}</code>"],
+            ["seed", _e(str(reproduce.get("seed")))], ["versions", _e(versions)]]
+    return '<section id="reproduce">\n<h2>Reproduce</h2>\n' + _table(["", ""], rows) + "\n</section>"
+
+
 def _summary_section(summary: dict) -> str:
     if not summary:
         return ""
@@ -133,6 +141,10 @@ def _split_section(split: str, result: dict) -> str:
     headline = " · ".join(f"{label} <b>{_num(result[key])}</b>" for key, label in labels.items() if key in result)
     baseline = result.get("baseline")
     parts = [f'<section id="split-{_e(split)}">', f"<h2>{_e(split)} split</h2>", f'<p class="headline">{headline}</p>']
+    absent = result.get("absent_classes") or []
+    if absent:
+        parts.append(f'<p class="muted">No {_e(split)} images of {_e(", ".join(map(str, absent)))}: '
+                     "left out of the macro averages.</p>")
     if isinstance(baseline, dict):
         parts.append(_baseline_lines(baseline))
     parts.append(_per_class_table(result.get("per_class", {}), baseline if isinstance(baseline, dict) else None))
@@ -216,9 +228,14 @@ def render_report(
     title: str,
     summary: dict,
     sections: list[tuple[str, str]] | None = None,
+    reproduce: dict | None = None,
 ) -> Path:
-    """Write run_dir/report.html from metrics.json, plots/*.png and skipped.csv; return its path."""
+    """Write run_dir/report.html from metrics.json, plots/*.png and skipped.csv; return its path.
+
+    `reproduce` (command, seed, versions) defaults to this process's command and the run's seed.
+    """
     run_dir = Path(run_dir)
+    reproduce = reproduce if reproduce is not None else reproduce_info(run_dir)
     metrics = _load_metrics(run_dir)
     split_parts = [_split_section(s, metrics[s]) for s in SPLITS if isinstance(metrics.get(s), dict)]
     timings = metrics.get("timings")
@@ -230,6 +247,7 @@ def render_report(
         _timings_section(timings) if isinstance(timings, dict) else "",
         _skipped_section(run_dir),
         _extra_sections(sections or []),
+        _reproduce_section(reproduce),
         f"<footer>transferlab {_e(__version__)}</footer>",
     ]
     page = (

@@ -47,8 +47,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 
     Labels are indices into `classes`. Every class appears in `per_class` and in the
     confusion matrix, even with zero support, so reports of different splits line up.
-    The macro average runs over all `classes` (as sklearn does with `labels=`), so a class
-    absent from the split counts as F1 0.
+    Macro averages run over the classes present in the split: a class with no image in it
+    (an empty class folder, or too few images to hold one out) has no F1 to average, and
+    counting it as 0 would report 0.56 where every real class scores 1.0. Such classes are
+    listed under "absent_classes" so reports can say what was left out.
     """
     true, pred = _check_labels(y_true, y_pred, classes)
     labels = list(range(len(classes)))
@@ -68,9 +70,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     # Weighted by support; computed from the unrounded arrays so rounding does not accumulate.
     weighted_f1 = float((f1 * support).sum() / total) if total else 0.0
     confusion = confusion_matrix(true, pred, labels=labels)
+    present = support > 0
     return {
         "accuracy": _r(np.mean(true == pred)),
-        "macro_f1": _r(np.mean(f1)),
+        "macro_f1": _r(np.mean(f1[present])),
+        "absent_classes": [name for i, name in enumerate(classes) if not present[i]],
         "weighted_f1": _r(weighted_f1),
         "n": int(true.size),
         "per_class": per_class,

@@ -1,4 +1,4 @@
-"""Serving a finished probe run over HTTP: `create_app` (FastAPI) and `serve` (uvicorn)."""
+"""Serving a finished run (probe or fine-tuned) over HTTP: `create_app` (FastAPI) and `serve` (uvicorn)."""
 
 from transferlab.serve.app import create_app, serve
 from transferlab.serve.engines import (

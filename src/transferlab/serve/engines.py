@@ -7,7 +7,7 @@ Nothing is unpickled: safetensors + skops for PyTorch, an ONNX protobuf for ONNX
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +17,7 @@ import torch
 from transferlab.errors import TransferlabError
 from transferlab.export import INPUT_NAME, OUTPUT_NAME, model_fingerprint
 from transferlab.predict import load_predictor
-from transferlab.runs import load_complete_run
+from transferlab.runs import load_complete_run, read_json_object, read_model_card
 
 ENGINES = ("torch", "onnx")
 
@@ -27,6 +27,7 @@ class Predictor(Protocol):
 
     engine: str
     model_id: str
+    fingerprint: str
     classes: list[str]
     resolution: int
     interpolation: str
@@ -36,16 +37,34 @@ class Predictor(Protocol):
         ...
 
 
-def _model_meta(run_path: Path) -> dict:
-    meta = json.loads((run_path / "model" / "model.json").read_text(encoding="utf-8"))
-    if meta.get("kind") not in ("probe", "finetune"):
-        raise TransferlabError(f"{run_path}: model kind '{meta.get('kind')}' cannot be served")
-    return meta
+def model_meta(run_path: Path) -> dict:
+    """model/model.json of a run to serve, checked by the one run reader (kind, classes, sizes)."""
+    return read_model_card(run_path)
 
 
-def model_id(run_path: Path) -> str:
+def model_id(run_path: Path, fingerprint: str) -> str:
     """The run's folder name plus a hash of its model files: changes whenever the model does."""
-    return f"{run_path.resolve().name}-{model_fingerprint(run_path)}"
+    return f"{run_path.resolve().name}-{fingerprint}"
+
+
+def read_export_record(model_dir: Path) -> dict:
+    """model/export.json (one entry per exported format), or {} when nothing was exported."""
+    path = model_dir / "export.json"
+    if not path.is_file():
+        return {}
+    return read_json_object(path, "export record (run `transferlab export` again)")
+
+
+def engine_differences(model_dir: Path, fingerprint: str) -> dict[str, float]:
+    """Format -> max abs difference from PyTorch measured at export, for exports of this very model."""
+    found = {}
+    for fmt, entry in read_export_record(model_dir).items():
+        if not isinstance(entry, dict) or entry.get("source_model") != fingerprint:
+            continue  # stale: exported from an earlier model, its figure says nothing about this one
+        diff = entry.get("max_abs_diff")
+        if isinstance(diff, (int, float)) and not isinstance(diff, bool) and math.isfinite(diff) and diff >= 0:
+            found[str(fmt)[:32]] = float(diff)
+    return found
 
 
 class TorchEngine:
@@ -56,7 +75,8 @@ class TorchEngine:
     def __init__(self, run_path: str | Path):
         self._predictor = load_predictor(run_path)
         path = Path(run_path)
-        self.model_id = model_id(path)
+        self.fingerprint = model_fingerprint(path)
+        self.model_id = model_id(path, self.fingerprint)
         self.classes = list(self._predictor.classes)
         self.resolution = int(self._predictor.resolution)
         self.interpolation = self._predictor.interpolation
@@ -72,9 +92,8 @@ def onnx_model_path(run_path: str | Path) -> Path:
     if not path.is_file():
         raise TransferlabError(
             f"{run.path}: no ONNX model ({path} is missing); run `transferlab export {run.path} --format onnx` first")
-    record_file = run.model_dir / "export.json"
-    record = json.loads(record_file.read_text(encoding="utf-8")).get("onnx", {}) if record_file.is_file() else {}
-    if record.get("source_model") != model_fingerprint(run.path):
+    record = read_export_record(run.model_dir).get("onnx")
+    if not isinstance(record, dict) or record.get("source_model") != model_fingerprint(run.path):
         raise TransferlabError(
             f"{path} was not exported from this run's current model; "
             f"run `transferlab export {run.path} --format onnx` again")
@@ -91,8 +110,9 @@ class OnnxEngine:
 
         path = Path(run_path)
         model_file = onnx_model_path(path)
-        meta = _model_meta(path)
-        self.model_id = model_id(path)
+        meta = model_meta(path)
+        self.fingerprint = model_fingerprint(path)
+        self.model_id = model_id(path, self.fingerprint)
         self.classes = list(meta["classes"])
         self.resolution = int(meta["resolution"])
         self.interpolation = str(meta.get("interpolation", "bicubic"))
@@ -119,7 +139,7 @@ def check_engine(run_path: str | Path, engine: str) -> None:
     if engine not in ENGINES:
         raise TransferlabError(f"unknown engine '{engine}': choose from {', '.join(ENGINES)}")
     run = load_complete_run(run_path)
-    _model_meta(run.path)
+    model_meta(run.path)
     if engine == "onnx":
         onnx_model_path(run.path)
 

@@ -1,13 +1,16 @@
 """Uploads: a bounded streaming multipart reader, and image bytes -> the model's uint8 input.
 
 The body is read chunk by chunk and refused (413) as soon as one file or the whole body
-passes its limit, so an oversized upload is never buffered in full. Every refusal is an
+passes its limit, so an oversized upload is never buffered in full; a part that is not a
+file of the expected field is refused (422) from its headers. Every refusal is an
 `UploadError` carrying the HTTP status and a one-line reason for the JSON error body.
+Decoding never fails any other way: whatever PIL (or memory) does, it is an UploadError.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,17 +18,22 @@ from PIL import Image
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from transferlab.data.images import ImageDecodeError
+from transferlab.data.images import ImageDecodeError, check_aspect
 from transferlab.features.extract import preprocess
 
 # Multipart framing per part (boundary, Content-Disposition, Content-Type): generous, so a
 # file of exactly the limit still fits in the body limit.
 PART_OVERHEAD = 16 * 1024
-# Text fields are not used by any endpoint; they are skipped, but bounded all the same.
-MAX_TEXT_FIELD = 16 * 1024
-MAX_EXTRA_PARTS = 8
+# A part's own headers (Content-Disposition, Content-Type...) are small; more is not an upload.
+MAX_PART_HEADERS = 8 * 1024
+# Decoded PIL images hold up to 4 bytes a pixel (RGB is stored as RGBX); decoding and the RGB
+# conversion / EXIF turn make about two copies, resizing about two more of the resized size.
+_BYTES_PER_PIXEL = 4
+_COPIES = 2
+
+log = logging.getLogger("transferlab.serve")
 
 
 class UploadError(Exception):
@@ -49,23 +57,30 @@ class _Part:
     name: str = ""
     filename: str | None = None
     data: bytearray = field(default_factory=bytearray)
-    keep: bool = False
 
 
-def _mib(n: int) -> str:
+def mib(n: int) -> str:
+    """A byte count for a message: KiB, MiB or GiB."""
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GiB"
     return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
 
 
 class _Collector:
-    """python-multipart callbacks that keep the parts named `field`, each within `max_file_bytes`."""
+    """python-multipart callbacks that keep the file parts named `field`, each within `max_file_bytes`.
+
+    The body may hold nothing else: any other field, or a text value in the file field, is
+    refused (422) as soon as its headers are read, before its content is, so the OpenAPI
+    schema (`additionalProperties: false`) says exactly what is accepted.
+    """
 
     def __init__(self, field_name: str, max_file_bytes: int, max_files: int):
         self.field_name, self.max_file_bytes, self.max_files = field_name, max_file_bytes, max_files
         self.files: list[Upload] = []
-        self.parts_seen = 0
         self.open_part = False
         self.ended = False
         self._part = _Part()
+        self._header_bytes = 0
         self._header_name = bytearray()
         self._header_value = bytearray()
 
@@ -78,16 +93,21 @@ class _Collector:
         }
 
     def on_part_begin(self) -> None:
-        self.parts_seen += 1
-        if self.parts_seen > self.max_files + MAX_EXTRA_PARTS:
-            raise UploadError(400, f"too many form parts (at most {self.max_files} files)")
         self._part = _Part()
+        self._header_bytes = 0
         self.open_part = True
 
+    def _count_header(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_PART_HEADERS:
+            raise UploadError(400, f"multipart part headers larger than {mib(MAX_PART_HEADERS)}")
+
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_name += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._header_value += data[start:end]
 
     def on_header_end(self) -> None:
@@ -97,28 +117,27 @@ class _Collector:
 
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._part.headers.get(b"content-disposition", b""))
-        self._part.name = options.get(b"name", b"").decode("utf-8", "replace")
+        name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
-        self._part.filename = None if filename is None else filename.decode("utf-8", "replace")
-        self._part.keep = self._part.name == self.field_name
-        if self._part.keep and len(self.files) >= self.max_files:
-            raise UploadError(413, f"too many files: at most {self.max_files} per request")
+        if name != self.field_name:
+            raise UploadError(422, f"unexpected form field '{name[:64]}': send the image(s) as file field "
+                                   f"'{self.field_name}' and nothing else")
+        if filename is None:
+            raise UploadError(422, f"form field '{name}' is not a file (a multipart part with a filename)")
+        if len(self.files) >= self.max_files:
+            raise UploadError(422, f"too many files: at most {self.max_files} per request")
+        self._part.name, self._part.filename = name, filename.decode("utf-8", "replace")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
-        limit = self.max_file_bytes if part.keep else MAX_TEXT_FIELD
-        if len(part.data) + (end - start) > limit:
-            if part.keep:
-                raise UploadError(413, f"file '{part.filename or part.name}' is larger than the limit "
-                                       f"of {_mib(self.max_file_bytes)}")
-            raise UploadError(400, f"form field '{part.name}' is too large")
-        if part.keep:
-            part.data += data[start:end]
+        if len(part.data) + (end - start) > self.max_file_bytes:
+            raise UploadError(413, f"file '{part.filename or part.name}' is larger than the limit "
+                                   f"of {mib(self.max_file_bytes)}")
+        part.data += data[start:end]
 
     def on_part_end(self) -> None:
         self.open_part = False
-        if self._part.keep:
-            self.files.append(Upload(self._part.filename or self._part.name, bytes(self._part.data)))
+        self.files.append(Upload(self._part.filename or self._part.name, bytes(self._part.data)))
 
     def on_end(self) -> None:
         self.ended = True
@@ -134,24 +153,29 @@ async def read_uploads(request: Request, field_name: str, max_file_bytes: int, m
     boundary = options.get(b"boundary")
     if not boundary:
         raise UploadError(400, "multipart body without a boundary")
-    body_limit = max_files * (max_file_bytes + PART_OVERHEAD) + MAX_EXTRA_PARTS * (MAX_TEXT_FIELD + PART_OVERHEAD)
+    body_limit = max_files * (max_file_bytes + PART_OVERHEAD)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > body_limit:
         # Refuse before reading a byte: the client said how much it would send.
-        raise UploadError(413, f"request body of {_mib(int(declared))} is larger than the limit of {_mib(body_limit)}")
+        raise UploadError(413, f"request body of {mib(int(declared))} is larger than the limit of {mib(body_limit)}")
 
     collector = _Collector(field_name, max_file_bytes, max_files)
+    received = 0
     try:
         parser = MultipartParser(boundary, collector.callbacks())
-        received = 0
         async for chunk in request.stream():
             received += len(chunk)
             if received > body_limit:
-                raise UploadError(413, f"request body is larger than the limit of {_mib(body_limit)}")
+                raise UploadError(413, f"request body is larger than the limit of {mib(body_limit)}")
             parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
         raise UploadError(400, f"malformed multipart body: {exc}") from None
+    except ClientDisconnect:
+        # Routine on the internet (a closed tab, a dropped link): one line, no traceback.
+        client = request.client.host if request.client else "unknown client"
+        log.warning("%s disconnected during an upload to %s after %d bytes", client, request.url.path, received)
+        raise UploadError(400, "client disconnected during the upload") from None
     if collector.open_part or not collector.ended:
         raise UploadError(400, "incomplete multipart body")
     if not collector.files:
@@ -159,37 +183,71 @@ async def read_uploads(request: Request, field_name: str, max_file_bytes: int, m
     return collector.files
 
 
-def _check_pixels(data: bytes) -> None:
-    """Refuse decompression bombs from the header alone, before any pixel is decoded.
+def decode_cost(data: bytes, resolution: int) -> int:
+    """Estimated peak bytes to decode and resize `data`, from its header alone (no pixel decoded).
 
-    `load_rgb` guards too, but with a process-wide warnings filter that is not thread-safe;
-    uploads are decoded in a thread pool, so the size check is repeated here without it.
+    Refuses decompression bombs here too: `load_rgb` guards as well, but with a process-wide
+    warnings filter that is not thread-safe, and uploads are decoded in a thread pool.
+    An unidentifiable file costs nothing here: `decode_image` says why it is refused.
     """
+    if not data:
+        raise UploadError(400, "empty file")
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
+            if image.format == "JPEG":
+                # As load_rgb does: the JPEG decoder downscales by up to 8 while decoding; this
+                # only sets the size to be decoded, nothing is decoded yet.
+                image.draft("RGB", (resolution, resolution))
+            decoded_pixels = image.size[0] * image.size[1]
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(413, "image has too many pixels (decompression bomb guard)") from None
-    except Exception:  # noqa: BLE001
-        return  # not identifiable: preprocess() says why, with the usual wording
+    except Exception:  # noqa: BLE001 - PIL raises many types on hostile headers
+        return 0
+    try:
+        # The same shape rule as preprocess(), applied before any memory is reserved for it.
+        check_aspect(width, height)
+    except ImageDecodeError as exc:
+        raise UploadError(422, str(exc)) from None
     limit = Image.MAX_IMAGE_PIXELS
     if limit and width * height > limit:
         raise UploadError(413, f"image of {width}x{height} pixels is larger than the limit of {limit} pixels "
                                "(decompression bomb guard)")
+    # The shorter side is resized to `resolution` before the centre crop, so the longer
+    # side grows (or shrinks) with it.
+    scale = resolution / min(width, height)
+    resized = max(resolution, round(width * scale)) * max(resolution, round(height * scale))
+    return _BYTES_PER_PIXEL * _COPIES * (decoded_pixels + resized)
+
+
+# How a decoding failure is answered: the first reason prefix that matches wins.
+_DECODE_REFUSALS = (("not an image", 415, "unsupported file: "), ("decompression bomb", 413, "image refused: "),
+                    ("out of memory", 413, "image refused: "))
 
 
 def decode_image(data: bytes, resolution: int, interpolation: str) -> np.ndarray:
-    """Upload bytes -> uint8 (3, R, R), exactly as `transferlab predict` prepares a file."""
+    """Upload bytes -> uint8 (3, R, R), exactly as `transferlab predict` prepares a file.
+
+    Every failure is an UploadError (4xx) about this one upload: a hostile file must not
+    fail the request around it, let alone the server.
+    """
     if not data:
         raise UploadError(400, "empty file")
-    _check_pixels(data)
     try:
         # PIL opens file objects as well as paths; the bytes never touch the disk.
         return preprocess(io.BytesIO(data), resolution, interpolation).numpy()  # type: ignore[arg-type]
     except ImageDecodeError as exc:
         reason = str(exc)
-        if reason.startswith("not an image"):
-            raise UploadError(415, f"unsupported file: {reason}") from None
-        if "decompression bomb" in reason:
-            raise UploadError(413, f"image refused: {reason}") from None
-        raise UploadError(422, reason) from None  # "cannot decode: <why>"
+        for marker, status, prefix in _DECODE_REFUSALS:
+            if marker in reason:
+                raise UploadError(status, f"{prefix}{reason}") from None
+        raise UploadError(422, reason) from None  # "cannot decode: <why>", "aspect ratio ... too extreme"
+    except MemoryError:
+        raise UploadError(413, "image too large to decode in this server's memory") from None
+    except Exception as exc:  # noqa: BLE001 - PIL, numpy and torch raise many types on hostile data
+        raise UploadError(422, f"cannot decode: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = (str(exc).splitlines() or [""])[0].strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
