@@ -18,7 +18,9 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/transferlab demo
 
+# The layer contract first (pyproject.toml [tool.importlinter]): seconds, and it names the import.
 test: $(VENV)/.installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -37,11 +37,29 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import (DATA_DEFAULT, PLAIN_EXTRACT, command_line, fmt, machine_info, machine_line, md_table,
-                         now, update_section)
+    from _common import (
+        DATA_DEFAULT,
+        PLAIN_EXTRACT,
+        command_line,
+        fmt,
+        machine_info,
+        machine_line,
+        md_table,
+        now,
+        update_section,
+    )
 else:
-    from ._common import (DATA_DEFAULT, PLAIN_EXTRACT, command_line, fmt, machine_info, machine_line, md_table,
-                          now, update_section)
+    from ._common import (
+        DATA_DEFAULT,
+        PLAIN_EXTRACT,
+        command_line,
+        fmt,
+        machine_info,
+        machine_line,
+        md_table,
+        now,
+        update_section,
+    )
 
 
 def log(msg: str) -> None:
@@ -92,7 +110,7 @@ class _Preprocessed:
         return len(self.paths)
 
     def __getitem__(self, i):
-        from transferlab.features.extract import preprocess
+        from transferlab.data.transforms import preprocess
 
         return preprocess(self.paths[i], self.res, self.interpolation)
 

@@ -36,11 +36,31 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import (BASELINE_DEFAULT, DATA_DEFAULT, REPO_ROOT, command_line, fmt, machine_info,
-                         machine_line, md_table, now, update_section)
+    from _common import (
+        BASELINE_DEFAULT,
+        DATA_DEFAULT,
+        REPO_ROOT,
+        command_line,
+        fmt,
+        machine_info,
+        machine_line,
+        md_table,
+        now,
+        update_section,
+    )
 else:
-    from ._common import (BASELINE_DEFAULT, DATA_DEFAULT, REPO_ROOT, command_line, fmt, machine_info,
-                          machine_line, md_table, now, update_section)
+    from ._common import (
+        BASELINE_DEFAULT,
+        DATA_DEFAULT,
+        REPO_ROOT,
+        command_line,
+        fmt,
+        machine_info,
+        machine_line,
+        md_table,
+        now,
+        update_section,
+    )
 
 TARGET_COLD_S = 360.0
 TARGET_ACC = 0.92
@@ -71,7 +91,7 @@ def _n_extracted(summary: dict) -> tuple[int, int]:
 def probe_once(data: str, out: Path, cache: Path, backbone: str, baseline: str | None, seed: int,
                val_fraction: float, **overrides) -> dict:
     """One `run_probe` call, timed from the call to its return; the figures as a flat dict."""
-    from transferlab.probe import ProbeConfig, run_probe
+    from transferlab.pipelines.probe import ProbeConfig, run_probe
 
     config = ProbeConfig(data=data, out=str(out), backbone=backbone, baseline=baseline, seed=seed,
                          val_fraction=val_fraction, cache_dir=str(cache), progress=False, **overrides)

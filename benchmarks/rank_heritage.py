@@ -55,7 +55,7 @@ def rank(args, mode: str, probe_runs=()) -> tuple[dict, float]:
 
 def probe(args, mode: str, backbone: str, out: Path) -> dict:
     from transferlab.backbones.registry import describe_backbones
-    from transferlab.probe import ProbeConfig, run_probe
+    from transferlab.pipelines.probe import ProbeConfig, run_probe
 
     native = {r["name"]: r["native_size"] for r in describe_backbones()}[backbone]
     config = ProbeConfig(data=args.data, out=str(out), backbone=backbone, seed=args.seed, cache_dir=str(args.cache),

@@ -53,7 +53,7 @@ def resolve_run(arg: str | None) -> tuple[Path, str]:
     log("no runs/demo: making a small probe run on generated images (test_resnet)")
     sys.path.insert(0, str(REPO_ROOT))
     from tests.conftest import make_image_folder
-    from transferlab.probe import ProbeConfig, run_probe
+    from transferlab.pipelines.probe import ProbeConfig, run_probe
 
     root = Path(tempfile.mkdtemp(prefix="tl-serve-load-"))
     data = make_image_folder(root / "data", per_class=12, size=96)
@@ -82,7 +82,7 @@ def load_images(run: Path, limit: int) -> list[tuple[str, bytes]]:
 
 def ensure_onnx(run: Path) -> dict:
     from transferlab.errors import TransferlabError
-    from transferlab.export import export_run
+    from transferlab.inference.export import export_run
     from transferlab.serve.engines import onnx_model_path
 
     try:

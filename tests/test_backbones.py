@@ -359,3 +359,34 @@ def test_packaged_lite0_recognises_a_cat():
     top5 = set(logits[0].topk(5).indices.tolist())
     assert top5 & CAT_CLASSES, f"top-5 {sorted(top5)} has no cat class"
     assert int(logits[0].argmax()) in CAT_CLASSES
+
+
+# --- shape: groups, units, CAM layer on the Backbone surface -------------------------------
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet"])
+def test_backbone_knows_its_shape(name):
+    from transferlab.backbones import block_groups, cam_layer
+
+    backbone = create_backbone(name)
+    groups = backbone.block_groups()
+    assert groups == block_groups(backbone.model) and next(iter(groups)) == "stem"
+    units = backbone.sequential_units()
+    assert [group for group, _ in units] == list(groups)
+    assert backbone.cam_layer() is cam_layer(backbone.model)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        pooled = backbone.model.forward_head(backbone.model.forward_features(x), pre_logits=True)
+        for _, unit in units:
+            x = unit(x)
+    assert torch.equal(x, pooled) and x.shape == (1, backbone.num_features)
+
+
+def test_uncut_backbone_surface_says_so(monkeypatch):
+    from transferlab.backbones import UncutBackboneWarning, shape
+
+    monkeypatch.setattr(shape, "_warned", set())
+    backbone = create_backbone("test_vit", weights="random")  # token sequences: no conv units
+    with pytest.warns(UncutBackboneWarning, match="test_vit"):
+        assert backbone.sequential_units() is None
+    assert len(backbone.block_groups()) >= 3

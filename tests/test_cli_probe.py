@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from tests.conftest import make_image_folder
 from transferlab.cli import app
 from transferlab.errors import TransferlabError
-from transferlab.predict import ProbePredictor
-from transferlab.probe import ProbeConfig, run_probe
+from transferlab.inference.probe_predictor import ProbePredictor
+from transferlab.pipelines.probe import ProbeConfig, run_probe
 
 FAST = ["--backbone", "test_resnet", "--resolution", "64", "--quiet", "--workers", "0", "--precision", "fp32"]
 
@@ -202,7 +202,7 @@ def test_interrupted_run_is_not_complete(image_folder, tmp_path, monkeypatch):
 
     # A second run into the same folder dies while fitting: nothing of the first run may
     # remain looking complete, and predict must refuse the folder.
-    monkeypatch.setattr("transferlab.probe.build_classifier", lambda *a, **k: type("F", (), {"fit": fail})())
+    monkeypatch.setattr("transferlab.pipelines.probe.build_classifier", lambda *a, **k: type("F", (), {"fit": fail})())
     with pytest.raises(KeyboardInterrupt):
         run_probe(ProbeConfig(data=str(image_folder), out=str(out), backbone="test_resnet", resolution=64,
                               workers=0, progress=False))

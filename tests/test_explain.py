@@ -13,7 +13,7 @@ from transferlab.backbones import create_backbone
 from transferlab.errors import TransferlabError
 from transferlab.explain.cam import CAM_METHODS, MIN_DISPLAY_SIZE, target_layer
 from transferlab.explain.run import RunExplainer
-from transferlab.probe import ProbeConfig, run_probe
+from transferlab.pipelines.probe import ProbeConfig, run_probe
 from transferlab.report.errors import (
     cluster_order,
     most_confused_pairs,

@@ -12,12 +12,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import transferlab.export as export_module
+import transferlab.inference.export as export_module
 from tests.test_serve import make_probe_run, one_torch_thread  # noqa: F401 (autouse fixture)
 from transferlab.errors import TransferlabError
-from transferlab.export import export_run
-from transferlab.network import WithSoftmax, build_probe_network
-from transferlab.predict import load_probe_parts
+from transferlab.inference.export import export_run
+from transferlab.inference.probe_network import WithSoftmax, build_probe_network
+from transferlab.inference.probe_predictor import load_probe_parts
 from transferlab.serve import create_app
 
 

@@ -12,12 +12,12 @@ from PIL import Image
 
 from tests.conftest import make_image_folder
 from transferlab.backbones import create_backbone
+from transferlab.data.transforms import preprocess
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import FeatureCache, default_cache_root
 from transferlab.features.extract import (
     ExtractionSettings,
     extract_features,
-    preprocess,
 )
 from transferlab.features.layers import parse_layers, pool, stage_indices
 from transferlab.features.resolution import (

@@ -25,8 +25,8 @@ from transferlab.finetune.head import Head
 from transferlab.finetune.lit import StageModule
 from transferlab.finetune.network import FinetuneNet
 from transferlab.finetune.recipe import Recipe, Stage, load_recipe, resolve_stages
-from transferlab.finetune.train import FinetuneConfig, resume_config, run_finetune
-from transferlab.predict import load_predictor
+from transferlab.inference.predict import load_predictor
+from transferlab.pipelines.finetune import FinetuneConfig, resume_config, run_finetune
 
 TINY = {"backbone": "test_efficientnet", "resolution": 48, "precision": "fp32", "batch_size": 8}
 PRESETS = ("head-only", "fine_tune", "three-step", "from-block:1", "gradual:2")
@@ -158,7 +158,7 @@ def test_three_step_runs_end_to_end(tmp_path, data):
     rerun = load_recipe(out / "config.yaml")
     assert rerun.head == recipe.head and isinstance(rerun.stages, list) and len(rerun.stages) == 3
     # A fine-tuned run exports to ONNX with its parity check, and both engines serve it alike.
-    from transferlab.export import export_run
+    from transferlab.inference.export import export_run
     from transferlab.serve.engines import OnnxEngine, TorchEngine
 
     assert export_run(out, "onnx").is_file()
@@ -228,7 +228,7 @@ def test_kill_9_in_second_stage_then_resume_matches(tmp_path, data):
 
 
 def test_lr_finder_sweeps_the_first_stage_and_leaves_the_network_as_it_was(tmp_path, data, monkeypatch):
-    from transferlab.finetune import lr_find
+    from transferlab.pipelines import lr_find
 
     prepared = {}
     original_prepare = lr_find.prepare_training
@@ -286,7 +286,7 @@ def test_two_cpu_processes_train_with_ddp_gloo(tmp_path, data):
 
 
 def test_lr_suggestion_is_the_steepest_fall_per_decade_before_the_minimum():
-    from transferlab.finetune.lr_find import suggest_learning_rate
+    from transferlab.pipelines.lr_find import suggest_learning_rate
 
     lrs = list(np.logspace(-6, 0, 100))
     # Flat, barely sloping down at the low end (where a slope against the linear rate is
@@ -303,7 +303,7 @@ def test_same_seed_builds_the_same_network_in_every_process(tmp_path, data):
     """torch seeds itself differently in each process: the head must come from the recipe's seed."""
     code = ("import sys, hashlib, torch\n"
             "from transferlab.finetune.recipe import load_recipe\n"
-            "from transferlab.finetune.train import FinetuneConfig, prepare_training\n"
+            "from transferlab.pipelines.finetune import FinetuneConfig, prepare_training\n"
             "recipe = load_recipe(None, {'backbone': 'test_efficientnet', 'resolution': 48, 'seed': int(sys.argv[2])})\n"
             "net = prepare_training(FinetuneConfig(data=sys.argv[1], out='unused', recipe=recipe)).net\n"
             "print(hashlib.sha256(b''.join(t.numpy().tobytes() for t in net.state_dict().values())).hexdigest())\n")
@@ -346,7 +346,7 @@ def test_partial_logs_are_read_in_numeric_order(tmp_path):
 
 
 def test_lr_sweep_is_cut_at_divergence_and_at_a_non_finite_loss():
-    from transferlab.finetune.lr_find import cut_at_divergence
+    from transferlab.pipelines.lr_find import cut_at_divergence
 
     lrs = [10 ** (-6 + i * 0.1) for i in range(60)]
     raw = [2.0] * 30 + [1.0] * 10 + [1.0 * 3 ** k for k in range(1, 21)]
@@ -487,9 +487,9 @@ def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
 
 
 def test_a_bad_recipe_built_in_python_is_refused_before_any_image_is_read(tmp_path, data, monkeypatch):
-    from transferlab.finetune import train
+    from transferlab.pipelines import finetune
 
-    monkeypatch.setattr(train, "load_images", lambda *a, **k: pytest.fail("an image was decoded"))
+    monkeypatch.setattr(finetune, "load_images", lambda *a, **k: pytest.fail("an image was decoded"))
     recipe = tiny_recipe()
     recipe.batch_size = "lots"
     with pytest.raises(TransferlabError, match="batch_size must be a whole number"):

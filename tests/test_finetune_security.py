@@ -17,7 +17,7 @@ import torch
 from tests.conftest import make_image_folder
 from transferlab.errors import TransferlabError
 from transferlab.finetune.recipe import load_recipe
-from transferlab.finetune.train import FinetuneConfig, resume_config, run_finetune
+from transferlab.pipelines.finetune import FinetuneConfig, resume_config, run_finetune
 
 TINY = {"backbone": "test_efficientnet", "resolution": 48, "precision": "fp32", "batch_size": 8,
         "stages": [{"train": "head", "epochs": 1, "lr": 0.01}, {"train": "all", "epochs": 1, "lr": 0.001}]}

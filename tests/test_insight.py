@@ -7,8 +7,11 @@ with TRANSFERLAB_TEST_UMAP=1; its failure path is always tested.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +23,12 @@ from transferlab.backbones import create_backbone
 from transferlab.errors import TransferlabError
 from transferlab.features.extract import PooledFeatures
 from transferlab.insight import embed as embed_module
-from transferlab.insight.compare import compare_runs
-from transferlab.insight.embed import embed, embed_run
+from transferlab.insight import map_methods
+from transferlab.insight.compare import CompareRow, Comparison, compare_runs
+from transferlab.insight.embed import EmbedSettings, FolderEmbedSettings, embed, embed_data, embed_run
 from transferlab.insight.transferability import (
     RankRow,
+    _exact_p_value,
     correlate_with_accuracy,
     imagenet_probabilities,
     leep,
@@ -31,7 +36,7 @@ from transferlab.insight.transferability import (
     rank_backbones,
     task_similarity,
 )
-from transferlab.probe import ProbeConfig, run_probe
+from transferlab.pipelines.probe import ProbeConfig, run_probe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = {"resolution": 64, "workers": 0, "progress": False, "precision": "fp32"}
@@ -178,6 +183,28 @@ def test_correlation_with_three_backbones_uses_the_exact_p_value():
     assert any("sanity check" in n for n in notes)
 
 
+def _p_value_by_hand(x, y) -> float:
+    """The former hand-written test: every ordering of y, |rho| at least the observed one."""
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(x, y).statistic
+    orderings = [spearmanr(x, [y[i] for i in order]).statistic for order in itertools.permutations(range(len(y)))]
+    return sum(abs(r) >= abs(rho) - 1e-12 for r in orderings) / len(orderings)
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [
+        ([0.1, 0.3, 0.2], [0.80, 0.95, 0.90]),  # a perfect ranking of 3: 2 of 6 orderings
+        ([0.1, 0.4, 0.2, 0.3], [0.7, 0.9, 0.8, 0.6]),
+        ([3.0, 1.0, 4.0, 1.5, 5.0], [0.2, 0.1, 0.5, 0.3, 0.4]),
+        ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.5, 0.5, 0.7, 0.6, 0.9, 0.6]),  # ties: an asymmetric null
+    ],
+)
+def test_exact_p_value_from_scipy_equals_the_hand_written_enumeration(x, y):
+    assert _exact_p_value(x, y) == pytest.approx(_p_value_by_hand(x, y), abs=1e-12)
+
+
 def test_rank_unknown_backbone_fails_before_extracting(image_folder):
     with pytest.raises(TransferlabError, match="unknown backbone 'no_such_net'"):
         rank_backbones(image_folder, ["test_resnet", "no_such_net"], **FAST)
@@ -216,6 +243,26 @@ def test_compare_marks_the_best_value_per_column(probed, tmp_path):
     page = comparison.write_html(tmp_path / "c.html").read_text()
     assert '<td class="num best" data-v="0.9"><b>0.9000</b></td>' in page
     assert '<td class="num" data-v="0.5">0.5000</td>' in page
+
+
+def test_compare_text_keeps_names_as_written_and_columns_parsable(tmp_path):
+    def row(name: str, f1: dict, accuracy: float | None) -> CompareRow:
+        return CompareRow(name, tmp_path / name, "/data", "test_resnet", "logreg", 64, 1.5, "val", accuracy, 0.5,
+                          f1, None, None)
+
+    names = ["[bold]c[/bold]", ":smile: x"]
+    comparison = Comparison([row("run [red]a[/red]", {names[0]: 0.25}, 0.75),
+                             row("b", {names[0]: 0.5, names[1]: 1.0}, None)], names, ["one warning"])
+    text = comparison.table_text()
+    lines = text.splitlines()
+    assert lines[0].split() == ["run", "backbone", "method", "px", "time", "s", "split", "accuracy", "macro", "F1",
+                                "beats"]
+    assert lines[1].startswith("run [red]a[/red]") and lines[1].split()[-3:] == ["0.7500", "0.5000", "-"]
+    assert lines[2].split()[-3:] == ["-", "0.5000", "-"]
+    smile = next(line for line in lines if line.startswith(":smile: x"))
+    assert smile.split()[-2:] == ["-", "1.0000"]
+    assert lines[-1] == "warning: one warning"
+    assert "\x1b" not in text
 
 
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -269,7 +316,7 @@ def test_embed_skips_umap_with_a_note_when_it_fails(tmp_path, monkeypatch):
     def broken(*args):
         raise ImportError("numba is broken here")
 
-    monkeypatch.setitem(embed_module._REDUCERS, "umap", broken)
+    monkeypatch.setitem(map_methods._REDUCERS, "umap", broken)
     features, labels = clusters()
     result = embed(features, labels, ["a", "b", "c"], methods=("umap", "pca"), out_dir=tmp_path)
     assert "umap" not in result.coords and "pca" in result.coords
@@ -292,7 +339,7 @@ def test_embed_umap_map(tmp_path):
 
 def test_embed_run_reads_the_run_and_its_cache(probed):
     run = probed["runs"]["resnet_a"]
-    result = embed_run(run, methods=("pca",), cache_dir=probed["cache"], progress=False, workers=0)
+    result = embed_run(run, EmbedSettings(methods=("pca",), cache_dir=probed["cache"], progress=False, workers=0))
     assert len(result.indices) == 18  # train and val
     assert not any("extracted" in n for n in result.notes)  # every feature came from the probe's cache
     assert (run / "plots" / "embed_pca.png").read_bytes()[:8] == PNG_MAGIC
@@ -300,6 +347,57 @@ def test_embed_run_reads_the_run_and_its_cache(probed):
     assert all(Path(o["path"]).is_file() for o in result.outliers)
     # Validation images carry the run's predictions, training images none.
     classes = json.loads((run / "model" / "model.json").read_text())["classes"]
-    _, _, predictions, splits = embed_module._run_samples(run, classes)
-    assert sorted(set(zip(splits, [p >= 0 for p in predictions]))) == [("train", False), ("val", True)]
-    assert splits.count("val") == 3
+    images = embed_module._run_images(run, classes)
+    assert sorted(set(zip(images.splits, [p >= 0 for p in images.predictions]))) == [("train", False), ("val", True)]
+    assert images.splits.count("val") == 3
+
+
+def test_embed_settings_refuse_bad_values_before_any_work():
+    with pytest.raises(TransferlabError, match="unknown map method.*isomap"):
+        EmbedSettings(methods=("pca", "isomap"))
+    with pytest.raises(TransferlabError, match="max_points"):
+        EmbedSettings(max_points=0)
+    with pytest.raises(TransferlabError, match="unknown layer 'neck'"):
+        FolderEmbedSettings(layers="neck")
+    with pytest.raises(TransferlabError, match="per_class"):
+        FolderEmbedSettings(per_class=0)
+    settings = FolderEmbedSettings(methods=["pca", "pca"], layers="stage-1, head")
+    assert settings.methods == ("pca",) and settings.layers == ("stage-1", "head")
+
+
+def test_embed_data_maps_a_folder_without_predictions(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    settings = FolderEmbedSettings(backbone="test_resnet", resolution=64, precision="fp32", methods=("pca",),
+                                   per_class=3, cache_dir="", workers=0, progress=False)
+    result = embed_data(data, tmp_path / "out", settings)
+    assert len(result.indices) == 9  # 3 classes, 3 images each
+    assert (tmp_path / "out" / "embed_pca.png").read_bytes()[:8] == PNG_MAGIC
+    assert all("predicted" not in o for o in result.outliers)
+    assert "test_resnet at 64px" in result.notes[0]
+    assert json.loads((tmp_path / "out" / "embed.json").read_text())["points"] == 9
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("predictions.csv", "path,split,true\n", "no column(s) predicted"),
+        ("predictions.csv", "path,split,true,predicted\nx.png,val,circle,unicorn\n",
+         "line 2: class 'unicorn' is not one of the run's classes"),
+        ("predictions.csv", "path,split,true,predicted\n,test,circle,circle\n", "line 2: empty path"),
+        ("split.json", "{broken", "not a valid split file"),
+        ("split.json", '{"root": 3}', "'root' must be a string"),
+    ],
+)
+def test_embed_run_refuses_an_edited_run_in_one_line(probed, tmp_path, name, content, message):
+    run = shutil.copytree(probed["runs"]["resnet_a"], tmp_path / "run")
+    (run / name).write_text(content, encoding="utf-8")
+    with pytest.raises(TransferlabError, match=re.escape(message)) as info:
+        embed_run(run, EmbedSettings(methods=("pca",), cache_dir=probed["cache"], progress=False, workers=0))
+    assert str(run / name) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_embed_run_refuses_predictions_that_are_not_utf8(probed, tmp_path):
+    run = shutil.copytree(probed["runs"]["resnet_a"], tmp_path / "run")
+    (run / "predictions.csv").write_bytes(b"path,split,true,predicted\n\xff\xfe,val,circle,circle\n")
+    with pytest.raises(TransferlabError, match="not a readable predictions table"):
+        embed_run(run, EmbedSettings(methods=("pca",), cache_dir=probed["cache"], progress=False, workers=0))

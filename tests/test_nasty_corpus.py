@@ -27,7 +27,7 @@ from tests.conftest import make_image_folder
 from tests.nasty_corpus import BOMB_SIDE, EMPTY_CLASS, KINDS, Corpus, Entry, build_corpus
 from transferlab.cli import app
 from transferlab.errors import TransferlabError
-from transferlab.probe import ProbeConfig, run_probe
+from transferlab.pipelines.probe import ProbeConfig, run_probe
 from transferlab.serve import create_app
 
 FAST = ["--backbone", "test_resnet", "--resolution", "64", "--quiet", "--workers", "0", "--precision", "fp32",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+from fnmatch import fnmatch
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +14,15 @@ from PIL import Image
 
 from transferlab.atomic import write_json, write_text
 from transferlab.errors import TransferlabError
+from transferlab.plotting import plt
 from transferlab.report.baseline import compare_to_baseline, load_baseline
-from transferlab.report.html import render_report
+from transferlab.report.html import REPORT_CSP, render_report, write_report_record
 from transferlab.report.metrics import (
     classification_metrics,
     classification_report_text,
 )
-from transferlab.report.plots import plot_confusion_matrix, plot_per_class_f1
+from transferlab.report.plots import ANNOTATE_MAX_CLASSES, _draw_confusion, plot_confusion_matrix, plot_per_class_f1
+from transferlab.report.text import text_table
 
 # cat: tp 2, fp 1, fn 1 -> P = R = F1 = 2/3; dog: tp 1, fp 1, fn 1 -> 0.5; bird: no samples, never predicted.
 CLASSES = ["cat", "dog", "bird"]
@@ -157,6 +162,47 @@ def test_confusion_plot_grows_with_classes(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tmp"))  # atomic write left no temp file
 
 
+def _drawn_confusion(counts: np.ndarray, normalize: bool = True):
+    n = len(counts)
+    fig, ax = plt.subplots()
+    shade = counts / counts.sum(axis=1, keepdims=True) if normalize else counts.astype(float)
+    _draw_confusion(fig, ax, counts, shade, [f"c{i}" for i in range(n)], normalize=normalize, title="t")
+    return fig, ax
+
+
+def test_confusion_cells_show_counts_over_row_normalised_shading() -> None:
+    counts = np.array([[8, 2, 0], [1, 1, 0], [0, 30, 90]])
+    fig, ax = _drawn_confusion(counts)
+    try:
+        # Numbers: the raw counts, row by row; colour: each true class's share.
+        assert [t.get_text() for t in ax.texts] == [str(v) for v in counts.ravel()]
+        np.testing.assert_allclose(ax.images[0].get_array(), counts / counts.sum(axis=1, keepdims=True))
+        assert ax.images[0].get_clim() == (0.0, 1.0)
+        assert fig.axes[-1].get_ylabel() == "share of true class"  # the colour bar
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["c0", "c1", "c2"]
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "true")
+        # Dark cells get light text and light cells dark text: the 0.75 share differs from the 0 share.
+        assert ax.texts[8].get_color() != ax.texts[6].get_color()
+    finally:
+        plt.close(fig)
+
+
+def test_confusion_numbers_stop_above_the_annotation_limit() -> None:
+    counts = np.eye(ANNOTATE_MAX_CLASSES + 1, dtype=int) * 3 + 1
+    fig, ax = _drawn_confusion(counts, normalize=False)
+    try:
+        assert not ax.texts
+        assert fig.axes[-1].get_ylabel() == "count"
+        assert len(ax.get_yticklabels()) == ANNOTATE_MAX_CLASSES + 1  # every class still named
+    finally:
+        plt.close(fig)
+    fig, ax = _drawn_confusion(counts[:ANNOTATE_MAX_CLASSES, :ANNOTATE_MAX_CLASSES], normalize=False)
+    try:
+        assert len(ax.texts) == ANNOTATE_MAX_CLASSES**2
+    finally:
+        plt.close(fig)
+
+
 def test_confusion_plot_rejects_shape_mismatch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not match"):
         plot_confusion_matrix([[1, 0], [0, 1]], ["a", "b", "c"], tmp_path / "x.png")
@@ -226,3 +272,99 @@ def test_report_caps_skipped_rows_and_keeps_small_settings(tmp_path: Path) -> No
     assert "250 file(s) were skipped" in skipped and "img199.txt" in skipped and "img200.txt" not in skipped
     assert "<td>1e-05</td>" in html
     assert 'id="split-test"' not in html  # no test split in metrics.json
+
+
+def _minimal_run(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run"
+    write_json(run_dir / "metrics.json", {"val": classification_metrics(Y_TRUE, Y_PRED, CLASSES)})
+    return run_dir
+
+
+def test_report_rebuilds_from_the_record_and_arguments_win(tmp_path: Path) -> None:
+    run_dir = _minimal_run(tmp_path)
+    reproduce = {"command": "transferlab probe data --seed 4", "seed": 4, "versions": {"torch": "9.9"}}
+    write_report_record(run_dir, title="Probe <x>", summary={"backbone": "net"},
+                        sections=[("Extra & more", "<p>kept <i>as HTML</i></p>")], reproduce=reproduce)
+    html = render_report(run_dir).read_text(encoding="utf-8")
+    assert "<title>Probe &lt;x&gt;</title>" in html and "<td>backbone</td><td>net</td>" in html
+    assert "<h2>Extra &amp; more</h2>\n<p>kept <i>as HTML</i></p>" in html
+    assert "<td>seed</td><td>4</td>" in html and "torch 9.9" in html
+    html = render_report(run_dir, title="Other", sections=[]).read_text(encoding="utf-8")
+    assert "<title>Other</title>" in html and "Extra" not in html
+    assert "<td>backbone</td><td>net</td>" in html  # not given: still from the record
+
+
+def test_report_without_a_record_names_the_run(tmp_path: Path) -> None:
+    html = render_report(_minimal_run(tmp_path)).read_text(encoding="utf-8")
+    assert "<title>transferlab: run</title>" in html and '<section id="reproduce">' in html
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"sections": "<script>x</script>"}', "'sections' must be a JSON list"),
+        ('{"sections": [["only a heading"]]}', "[heading, body] string pairs"),
+        ('{"sections": [["h", {"html": 1}]]}', "[heading, body] string pairs"),
+        ('{"summary": ["a"]}', "'summary' must be a JSON object"),
+        ('{"title": 7}', "'title' must be a JSON string"),
+    ],
+)
+def test_report_refuses_a_malformed_record_in_one_line(tmp_path: Path, content: str, message: str) -> None:
+    run_dir = _minimal_run(tmp_path)
+    write_text(run_dir / "report.json", content)
+    with pytest.raises(TransferlabError, match=re.escape(message)) as info:
+        render_report(run_dir)
+    assert str(run_dir / "report.json") in str(info.value) and "\n" not in str(info.value)
+    assert not (run_dir / "report.html").exists()
+
+
+def test_report_from_an_edited_folder_escapes_text_and_blocks_scripts(tmp_path: Path) -> None:
+    run_dir = _minimal_run(tmp_path)
+    evil = "<script>alert(1)</script>"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["val"]["per_class"] = {evil: {"f1": evil}, "ok": "not a dict"}
+    metrics["val"]["baseline"] = {"beats": evil, "of": 1, "per_class": [evil], "missing_in_ours": [evil]}
+    metrics["timings"] = ["not", "a", "dict"]
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "report.json", {"title": evil, "summary": {evil: evil}, "reproduce": {"command": evil,
+                                         "versions": evil}, "sections": [[evil, "<p>pipeline html</p>"]]})
+    html = render_report(run_dir).read_text(encoding="utf-8")
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<p>pipeline html</p>" in html  # section bodies are the pipeline's HTML
+    # Whatever a section body holds, the policy comes first in <head> and allows no script.
+    assert html.index(f'<meta http-equiv="Content-Security-Policy" content="{REPORT_CSP}">') < html.index("<body>")
+    assert "script-src" not in REPORT_CSP and "default-src 'none'" in REPORT_CSP
+
+
+def test_report_embeds_only_real_png_files(tmp_path: Path) -> None:
+    run_dir = _minimal_run(tmp_path)
+    plot_per_class_f1({"a": {"f1": 0.5}}, run_dir / "plots" / "f1.png")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n" + b"secret bytes")
+    (run_dir / "plots" / "linked.png").symlink_to(secret)
+    (run_dir / "plots" / "fake.png").write_text("not a png")
+    html = render_report(run_dir).read_text(encoding="utf-8")
+    assert html.count("<figure>") == 1 and 'alt="f1"' in html
+
+
+def test_report_templates_ship_as_package_data() -> None:
+    """Every template file matches a package-data glob, or the wheel would lack it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = pyproject["tool"]["setuptools"]["package-data"]["transferlab"]
+    templates = resources.files("transferlab.report") / "templates"
+    names = [f"report/templates/{t.name}" for t in templates.iterdir() if t.is_file()]
+    assert "report/templates/report.html" in names
+    assert all(any(fnmatch(name, g) for g in globs) for name in names), (names, globs)
+    assert "jinja2>=3.1" in pyproject["project"]["dependencies"]
+
+
+def test_text_table_prints_names_as_written_and_aligns_numbers() -> None:
+    text = text_table(["class", "F1"], [["[bold]x[/bold] :smile:", "0.5000"], ["b", "-"]])
+    lines = text.splitlines()
+    assert lines[1].startswith("[bold]x[/bold] :smile:")  # no rich markup, no emoji
+    assert len({len(line) for line in lines}) == 1  # right-aligned numbers end together
+    assert [line.split()[-1] for line in lines] == ["F1", "0.5000", "-"]
+    assert "\x1b" not in text and all(line == line.rstrip() for line in lines)

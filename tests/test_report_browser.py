@@ -11,7 +11,9 @@ import pytest
 
 from tests.conftest import make_image_folder
 from tests.test_serve_browser import CHROMIUM, CHROMIUM_ARGS
-from transferlab.probe import ProbeConfig, run_probe
+from transferlab.atomic import write_json
+from transferlab.pipelines.probe import ProbeConfig, run_probe
+from transferlab.report.html import render_report
 
 
 def test_probe_report_renders_every_plot(tmp_path):
@@ -45,3 +47,29 @@ def test_probe_report_renders_every_plot(tmp_path):
         assert plot in captions.lower().replace("_", " "), captions
     assert errors > 0 and "errors" in captions.lower()
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_no_script_runs_from_an_edited_report_record(tmp_path):
+    """report.json's section bodies are kept as HTML: the page's policy must stop what they inject."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed: the report browser test needs the system Chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    run_dir = tmp_path / "run"
+    write_json(run_dir / "metrics.json", {"val": {"accuracy": 1.0, "n": 1, "per_class": {}}})
+    injected = ('<script>document.title = "pwned"; window.pwned = 1;</script>'
+                '<img src="x.png" onerror="document.title = \'pwned\'; window.pwned = 1">'
+                '<p id="marker">section body</p>')
+    write_json(run_dir / "report.json", {"title": "safe", "sections": [["edited", injected]]})
+    report = render_report(run_dir)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(report.as_uri())
+            page.wait_for_load_state("load")
+            marker = page.locator("#marker").inner_text()  # the section itself did render
+            title, untouched = page.title(), page.evaluate("() => window.pwned === undefined")
+        finally:
+            browser.close()
+    assert marker == "section body"
+    assert title == "safe" and untouched

@@ -18,10 +18,11 @@ from PIL import Image
 
 from tests.test_cli_probe import FAST, invoke, probe
 from transferlab.data.images import MAX_ASPECT_RATIO, ImageDecodeError
+from transferlab.data.transforms import preprocess
 from transferlab.errors import TransferlabError
-from transferlab.features.extract import preprocess
-from transferlab.predict import ProbePredictor, load_predictor
-from transferlab.probe import ProbeConfig, run_probe
+from transferlab.inference.predict import load_predictor
+from transferlab.inference.probe_predictor import ProbePredictor
+from transferlab.pipelines.probe import ProbeConfig, run_probe
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_a_failing_run_says_failed_with_the_error(image_folder, tmp_path, monkey
     def boom(*args, **kwargs):
         raise MemoryError("cannot allocate 12 GB")
 
-    monkeypatch.setattr("transferlab.probe.extract_features", boom)
+    monkeypatch.setattr("transferlab.pipelines.probe.extract_features", boom)
     out = tmp_path / "run"
     with pytest.raises(MemoryError):
         run_probe(ProbeConfig(data=str(image_folder), out=str(out), backbone="test_resnet", resolution=64,
@@ -109,7 +110,7 @@ def test_a_failing_run_says_failed_with_the_error(image_folder, tmp_path, monkey
 
 def test_ctrl_c_exits_130_with_one_line(image_folder, tmp_path):
     script = (
-        "import sys, transferlab.probe as p\n"
+        "import sys, transferlab.pipelines.probe as p\n"
         "def stop(*a, **k): raise KeyboardInterrupt\n"
         "p.extract_features = stop\n"
         "from transferlab.cli import main\n"
@@ -177,8 +178,8 @@ def _break_model_json(run: Path, change) -> None:
     (lambda run: _break_model_json(run, lambda m: m.update(backbone="resnet18")), "do not fit the architecture"),
     (lambda run: _break_model_json(run, lambda m: m.update(classes=m["classes"][:2])), "do not cover"),
     (lambda run: _break_model_json(run, lambda m: m.update(resolution="big")), "field 'resolution'"),
-    (lambda run: _break_model_json(run, lambda m: m.update(kind="pickle")), "unknown model kind"),
-    (lambda run: _break_model_json(run, lambda m: m.update(std=[0, 0, 0])), "'std' must be 3 numbers"),
+    (lambda run: _break_model_json(run, lambda m: m.update(kind="pickle")), "field 'kind' must be one of"),
+    (lambda run: _break_model_json(run, lambda m: m.update(std=[0, 0, 0])), "field 'std' must be 3 numbers above 0"),
 ])
 def test_damaged_run_folders_get_one_line(probe_run, tmp_path, image_folder, damage, expected):
     run = _copy(probe_run, tmp_path)
@@ -375,3 +376,61 @@ def test_finetune_in_a_pipe_prints_each_stage_and_no_bars(image_folder, tmp_path
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["images"]["train"] + metrics["summary"]["images"]["val"] == 3 * 6
     assert json.loads((out / "model" / "model.json").read_text())["inference_precision"] == "fp32"
+
+
+# --------------------------------------------------- the layers, seen from a predictor (issue 9)
+
+
+def test_predicting_with_a_fine_tuned_run_imports_neither_lightning_nor_matplotlib(image_folder, tmp_path):
+    out = tmp_path / "ft"
+    code, output = invoke("finetune", image_folder, "--backbone", "test_efficientnet", "--resolution", "48",
+                          "--precision", "fp32", "--batch-size", "8", "--stages", "head-only", "--epochs", "1",
+                          "--out", out, "--quiet")
+    assert code == 0, output
+    image = sorted((image_folder / "circle").iterdir())[0]
+    script = (
+        "import sys\n"
+        "from transferlab.inference.predict import load_predictor\n"
+        f"top = load_predictor({str(out)!r}).predict_paths([{str(image)!r}])[0].top\n"
+        "assert top, 'no prediction'\n"
+        "print(sorted(m for m in ('lightning', 'matplotlib', 'transferlab.report', 'transferlab.pipelines')"
+        " if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_file_named_run_json_does_not_make_a_user_folder_a_run(image_folder, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "weights_v7.bin").write_bytes(b"precious")
+    (mine / "run.json").write_text('{"my": "notes"}')
+    code, message = probe(image_folder, mine)
+    assert code == 2 and "not a transferlab run" in message
+    assert (mine / "model" / "weights_v7.bin").read_bytes() == b"precious"
+
+
+def test_a_linked_out_folder_is_refused(probe_run, image_folder, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(probe_run, target_is_directory=True)
+    code, message = probe(image_folder, link)
+    assert code == 2 and "is a link" in message
+    assert (probe_run / "model" / "backbone.safetensors").is_file()
+
+
+def test_a_huge_sparse_model_card_is_refused_without_reading_it(probe_run, tmp_path, image_folder):
+    run = _copy(probe_run, tmp_path)
+    with open(run / "model" / "model.json", "r+b") as handle:
+        handle.truncate(8 * 2**30)  # sparse: no disk used, but read_text would try to hold 8 GiB
+    code, message = invoke("predict", run, next((image_folder / "circle").iterdir()))
+    assert code == 2 and "larger than 64 MiB" in message
+
+
+def test_embed_command_maps_a_run_and_a_folder(probe_run, image_folder, tmp_path):
+    code, output = invoke("embed", probe_run, "--methods", "pca", "--quiet")
+    assert code == 0 and "silhouette" in output.lower(), output
+    code, output = invoke("embed", image_folder, "--out", tmp_path / "maps", "--methods", "pca",
+                          "--backbone", "test_resnet", "--quiet")
+    assert code == 0, output
+    assert any(p.suffix == ".png" for p in (tmp_path / "maps").iterdir())

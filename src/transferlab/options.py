@@ -90,29 +90,3 @@ def check_training_options(*, seed: int | None = None, resolution: int | None = 
         check_fraction("--val-fraction", val_fraction)
     if precision is not None:
         check_choice("--precision", precision, PRECISION_CHOICES)
-
-
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, folders as every image below them (recursively, hidden ones left out).
-
-    A missing path is an error before the model loads: one line naming it.
-    """
-    from transferlab.data.folder import is_hidden_name
-    from transferlab.data.images import is_image_path
-
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(
-                # A dangling link stays in the list: predict then names it as not found.
-                p for p in item.rglob("*")
-                if (p.is_file() or (p.is_symlink() and not p.exists())) and is_image_path(p) and not any(is_hidden_name(part) for part in p.relative_to(item).parts)
-            )
-            if not found:
-                raise TransferlabError(f"{item}: folder holds no image files")
-            paths.extend(found)
-        elif item.exists():
-            paths.append(item)
-        else:
-            raise TransferlabError(f"{item}: file not found")
-    return paths

@@ -18,29 +18,31 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import yaml
-
 from transferlab import __version__
 from transferlab.atomic import write_json, write_text
+from transferlab.card import ModelCard
 from transferlab.errors import TransferlabError
-from transferlab.options import MAX_RESOLUTION, MIN_RESOLUTION
+from transferlab.safe_yaml import dump_yaml
 
 ARTIFACTS = (
     "run.json", "config.yaml", "split.json", "metrics.json", "predictions.csv", "skipped.csv",
     "classification_report_val.txt", "classification_report_test.txt",
-    "baseline.txt", "report.html", "model", "plots", "checkpoints", "logs", "finetune_state.json",
+    "baseline.txt", "report.html", "report.json", "model", "plots", "checkpoints", "logs", "finetune_state.json",
 )
 
 
-class RunDir:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+class RunPaths:
+    """Where a run folder keeps its parts."""
+
+    path: Path
 
     @property
     def model_dir(self) -> Path:
@@ -49,6 +51,13 @@ class RunDir:
     @property
     def plots_dir(self) -> Path:
         return self.path / "plots"
+
+
+class RunDir(RunPaths):
+    """A run folder being written: start, status, config, CSV files."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
 
     def start(self, kind: str) -> None:
         """Clear an earlier run's artifacts and mark this one as running.
@@ -98,7 +107,7 @@ class RunDir:
             raise
 
     def write_config(self, config: dict) -> None:
-        write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        write_text(self.path / "config.yaml", dump_yaml(config))  # never anchors: our own loader refuses them
 
     def write_csv(self, name: str, header: list[str], rows: list[list]) -> None:
         buffer = io.StringIO()
@@ -109,18 +118,35 @@ class RunDir:
 
 
 def check_out_folder(path: str | Path) -> None:
-    """An output folder must be new, empty, or an earlier transferlab run (it has run.json)."""
+    """An output folder must be new, empty, or an earlier transferlab run.
+
+    "A run" means its run.json reads as a transferlab status (a known kind and status), not
+    merely that a file of that name exists; and a link is refused, since clearing the run's
+    artifacts would then clear whatever folder it points at.
+    """
     folder = Path(path)
-    if folder.is_symlink() and not folder.exists():
-        raise TransferlabError(f"{folder}: is a dangling link; choose another --out")
+    if folder.is_symlink():
+        raise TransferlabError(f"{folder}: is a link (to {os.path.realpath(folder)}); give the real folder as --out")
     if not folder.exists():
         return
     if not folder.is_dir():
         raise TransferlabError(f"{folder}: exists and is not a folder; choose another --out")
-    if (folder / "run.json").is_file() or not any(folder.iterdir()):
+    if not any(folder.iterdir()) or _is_run_status(folder / "run.json"):
         return
-    raise TransferlabError(f"{folder}: folder is not empty and is not a transferlab run (no run.json); "
+    raise TransferlabError(f"{folder}: folder is not empty and is not a transferlab run (no valid run.json); "
                            "refusing to write into it: choose a new or empty --out")
+
+
+RUN_KINDS = ("probe", "finetune")
+RUN_STATUSES = ("running", "complete", "failed", "interrupted")
+
+
+def _is_run_status(path: Path) -> bool:
+    try:
+        status = read_json_object(path, "run status")
+    except TransferlabError:
+        return False
+    return status.get("kind") in RUN_KINDS and status.get("status") in RUN_STATUSES and "version" in status
 
 
 def one_line(exc: BaseException) -> str:
@@ -131,13 +157,22 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# Run-folder JSON files are small; a larger one is a mistake or an attack (a sparse 8 GiB
+# model.json passes is_file() and would be read whole).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON object from a run folder, or one line saying what is wrong with the file."""
     if not path.is_file():
         raise TransferlabError(f"{path}: {what} not found")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise TransferlabError(f"{path}: {what} is larger than {MAX_JSON_BYTES // 2**20} MiB")
+        value = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise TransferlabError(f"{path}: {what} is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(value, dict):
         raise TransferlabError(f"{path}: {what} is not a JSON object")
@@ -156,34 +191,19 @@ def load_complete_run(path: str | Path) -> RunDir:
     return run
 
 
-MODEL_KINDS = ("probe", "finetune")
-# model.json fields every kind needs, with the type each must have. A run folder is read as
-# hostile: a wrong type here would otherwise surface as a traceback deep inside a loader.
-_CARD_FIELDS = {"kind": str, "classes": list, "backbone": str, "resolution": int, "mean": list, "std": list}
+@dataclass(frozen=True)
+class OpenRun(RunPaths):
+    """A finished run, opened for use: its folder and its checked model card."""
+
+    path: Path
+    card: ModelCard
 
 
-def read_model_card(path: str | Path) -> dict:
-    """model/model.json of a finished run, checked: kind, class names, resolution, mean/std."""
+def open_run(path: str | Path) -> OpenRun:
+    """The one reader of run folders: a complete run with a valid model card, or one line why not."""
     run = load_complete_run(path)
     file = run.model_dir / "model.json"
-    card = read_json_object(file, "model card")
-    for key, kind in _CARD_FIELDS.items():
-        value = card.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise TransferlabError(f"{file}: field '{key}' is missing or not a {kind.__name__}")
-    if card["kind"] not in MODEL_KINDS:
-        raise TransferlabError(f"{file}: unknown model kind '{card['kind']}' (expected {' or '.join(MODEL_KINDS)})")
-    classes = card["classes"]
-    if len(classes) < 2 or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
-        raise TransferlabError(f"{file}: 'classes' must list at least 2 distinct class names")
-    if not MIN_RESOLUTION <= card["resolution"] <= MAX_RESOLUTION:
-        raise TransferlabError(f"{file}: resolution {card['resolution']} outside {MIN_RESOLUTION}..{MAX_RESOLUTION}")
-    for key in ("mean", "std"):
-        values = card[key]
-        if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values) or \
-                (key == "std" and min(values) <= 0):
-            raise TransferlabError(f"{file}: '{key}' must be 3 numbers" + (" above 0" if key == "std" else ""))
-    return card
+    return OpenRun(run.path, ModelCard.from_dict(read_json_object(file, "model card"), str(file)))
 
 
 def _iso(timestamp: float) -> str:

@@ -1,4 +1,5 @@
-"""Pretrained networks: one registry, one factory (`create_backbone`)."""
+"""Pretrained networks: one registry, one factory (`create_backbone`), and what each
+architecture's structure allows (`block_groups`, `sequential_units`, `cam_layer`)."""
 
 from transferlab.backbones.registry import (
     REGISTRY,
@@ -8,5 +9,17 @@ from transferlab.backbones.registry import (
     create_backbone,
     describe_backbones,
 )
+from transferlab.backbones.shape import UncutBackboneWarning, block_groups, cam_layer, sequential_units
 
-__all__ = ["REGISTRY", "Backbone", "BackboneEntry", "create_architecture", "create_backbone", "describe_backbones"]
+__all__ = [
+    "REGISTRY",
+    "Backbone",
+    "BackboneEntry",
+    "UncutBackboneWarning",
+    "block_groups",
+    "cam_layer",
+    "create_architecture",
+    "create_backbone",
+    "describe_backbones",
+    "sequential_units",
+]

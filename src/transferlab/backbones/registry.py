@@ -20,6 +20,7 @@ import timm
 import torch
 from torch import nn
 
+from transferlab.backbones import shape
 from transferlab.backbones.weights import (
     hub_offline,
     hub_reachable,
@@ -117,6 +118,18 @@ class Backbone(nn.Module):
                 digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
             self._weights_id = digest.hexdigest()
         return self._weights_id
+
+    def block_groups(self) -> dict[str, list[str]]:
+        """Group name -> parameter names of `model`, input side first, classifier excluded."""
+        return shape.block_groups(self.model)
+
+    def sequential_units(self, warn: bool = True) -> list[tuple[str, nn.Module]] | None:
+        """(group name, module) in forward order ending with the pooling, or None (uncut)."""
+        return shape.sequential_units(self.model, warn)
+
+    def cam_layer(self) -> nn.Module:
+        """The module whose output is the final feature map."""
+        return shape.cam_layer(self.model)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

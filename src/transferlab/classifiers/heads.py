@@ -8,10 +8,11 @@ labels, a head adapts to classes of one to a few images (see `small_data`).
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import skops.io
 from sklearn.calibration import CalibratedClassifierCV
@@ -25,6 +26,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from transferlab.atomic import atomic_path
+from transferlab.classifiers.archive import Refused, check_archive, check_sizes
+from transferlab.classifiers.names import CLASSIFIERS
 from transferlab.classifiers.small_data import (
     AdaptiveFolds,
     TrainingSizes,
@@ -32,10 +35,10 @@ from transferlab.classifiers.small_data import (
     early_stopping,
     neighbours,
 )
+from transferlab.classifiers.structure import check_head
 from transferlab.classifiers.ternary import TernaryDiscretizer
 from transferlab.errors import TransferlabError
 
-CLASSIFIERS = ("logreg", "linear_svm", "random_forest", "knn", "mlp")
 FOLDS = 3
 
 
@@ -56,7 +59,9 @@ def _random_forest(seed: int, sizes: TrainingSizes | None):
 
 
 def _knn(seed: int, sizes: TrainingSizes | None):
-    return KNeighborsClassifier(n_neighbors=neighbours(7, sizes), weights="distance")
+    # Brute force: a saved KDTree/BallTree holds indices scikit-learn follows unchecked (and on
+    # backbone features, hundreds of dimensions, "auto" picked brute force anyway).
+    return KNeighborsClassifier(n_neighbors=neighbours(7, sizes), weights="distance", algorithm="brute")
 
 
 def _mlp(seed: int, sizes: TrainingSizes | None):
@@ -111,60 +116,38 @@ def build_classifier(name: str = "logreg", seed: int = 0, ternary: bool = False,
     return Pipeline(steps)
 
 
-def _type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-# Every type a head of `build_classifier` holds beyond what skops trusts by default, by its
-# exact name (tests/test_classifier_security.py checks that every buildable head needs
-# exactly these). Never a prefix: skops calls a loaded type with arguments from the file,
-# and "numpy." admitted numpy.testing's runstring, which execs its argument.
-TRUSTED_TYPES = frozenset({
-    _type_name(TernaryDiscretizer),
-    _type_name(AdaptiveFolds),
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    "sklearn.metrics._scorer._PassthroughScorer",
-    "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    "sklearn.tree._tree.Tree",
-}) | {
-    # Grid heads saved before AdaptiveFolds (cv=StratifiedKFold(3)): runs made by earlier versions.
-    "sklearn.model_selection._split.StratifiedKFold",
-}
-
-
 def save_classifier(pipeline: Pipeline, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         skops.io.dump(pipeline, tmp)
+        check_sizes(tmp, path)  # a head too large for load_classifier is refused now, not at predict time
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {ascii(text[0])[1:-1]}" if text else type(exc).__name__
 
 
 def load_classifier(path: str | os.PathLike) -> Pipeline:
-    """Load a head saved by `save_classifier`, refusing any type it would not have written."""
+    """Load a head saved by `save_classifier`, refusing anything such a head would not be.
+
+    Three gates: the archive (sizes, and every node of its schema in the exact allow-set)
+    before skops runs; skops itself, trusting only those types; the loaded head's structure
+    and every index it will follow, before anything predicts with it.
+    """
     file = Path(path)
     if not file.is_file():
         raise TransferlabError(f"{file}: classifier file not found")
     if not zipfile.is_zipfile(file):
         raise TransferlabError(f"{file}: not a classifier file (not a skops zip archive)")
+    checked = check_archive(file)
     try:
-        untrusted = skops.io.get_untrusted_types(file=file)
-    except Exception as exc:  # truncated, or a zip that is not a skops dump
-        raise TransferlabError(f"{file}: not a readable classifier file ({_first_line(exc)})") from None
-    unexpected = sorted(set(untrusted) - TRUSTED_TYPES)
-    if unexpected:
-        shown = ", ".join(ascii(t)[1:-1] for t in unexpected[:5])  # names come from the file: keep one line
-        more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
-        raise TransferlabError(f"{file}: refusing to load types a transferlab head never holds: {shown}{more}")
-    try:
-        loaded = skops.io.load(file, trusted=untrusted)
-    except Exception as exc:
+        loaded = skops.io.load(io.BytesIO(checked.data), trusted=checked.type_names)
+    except Exception as exc:  # noqa: BLE001 - skops, numpy, scikit-learn raise many types on hostile data
         raise TransferlabError(f"{file}: cannot load classifier ({_first_line(exc)})") from None
-    if not isinstance(loaded, Pipeline):
-        raise TransferlabError(f"{file}: holds a {type(loaded).__name__}, not a classifier pipeline")
+    try:
+        check_head(loaded)
+    except Refused as exc:
+        raise TransferlabError(f"{file}: refusing the classifier: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a missing or mistyped fitted attribute
+        raise TransferlabError(f"{file}: not a fitted transferlab head ({_first_line(exc)})") from None
     return loaded

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferlab.data.exclude import ExcludeList, read_exclude
-from transferlab.data.images import is_image_path
+from transferlab.data.images import is_image_path, special_file_reason
 from transferlab.errors import TransferlabError
 
 # Files and folders that tools leave behind; never data.
@@ -143,6 +144,8 @@ def _scan_class(class_dir: Path, label: int | None, scan: FolderScan, exclude: E
     for path in files:
         if exclude is not None and exclude.excludes(path):
             scan.skipped.append(Skipped(path, f"excluded by {exclude.source}", excluded=True))
+        elif (reason := _not_a_file(path)) is not None:
+            scan.skipped.append(Skipped(path, reason))
         elif is_image_path(path):
             scan.samples.append(Sample(path, label))
             found += 1
@@ -152,3 +155,18 @@ def _scan_class(class_dir: Path, label: int | None, scan: FolderScan, exclude: E
         # Kept as a class (the label list must not shift), but a class the model never sees is worth a word.
         what = "its folder is empty" if not files else f"{len(files)} file(s) in its folder skipped"
         scan.warnings.append(f"class '{class_dir.name}' has no images ({what})")
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as data (a broken link, a FIFO, a device...), or None if it is a regular file.
+
+    Links are followed: `x.jpg -> /dev/zero` would be hashed forever and a FIFO named
+    `x.png` would block its reader, so both are skipped here, before anything opens them.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "broken link: its target does not exist" if path.is_symlink() else "file vanished during the scan"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or type(exc).__name__}"
+    return None if stat.S_ISREG(mode) else special_file_reason(mode)

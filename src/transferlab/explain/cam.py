@@ -17,6 +17,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from transferlab.backbones import cam_layer
 from transferlab.errors import TransferlabError
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}
@@ -25,18 +26,8 @@ MIN_DISPLAY_SIZE = 224
 
 
 def target_layer(timm_model: nn.Module) -> nn.Module:
-    """The module whose output is the backbone's final feature map.
-
-    EfficientNet-style models end in conv_head + bn2 (bn2 includes the activation);
-    others end with the last stage that timm's feature_info names.
-    """
-    if hasattr(timm_model, "conv_head") and hasattr(timm_model, "bn2"):
-        return timm_model.bn2
-    name = timm_model.feature_info[-1]["module"]
-    try:
-        return timm_model.get_submodule(name)
-    except AttributeError:
-        raise TransferlabError(f"cannot find target layer '{name}' in {type(timm_model).__name__}") from None
+    """The module whose output is the backbone's final feature map (the backbone knows it)."""
+    return cam_layer(timm_model)
 
 
 @dataclass

@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 
 from transferlab.data.images import ImageDecodeError
+from transferlab.data.transforms import normalise, preprocess
 from transferlab.explain.cam import (
     CAM_METHODS,
     class_activation_maps,
     save_overlay,
     target_layer,
 )
-from transferlab.features.extract import normalise, preprocess
-from transferlab.run_network import load_run_network
+from transferlab.inference.run_network import load_run_network
 
 
 @dataclass
@@ -34,11 +34,11 @@ class RunExplainer:
 
     def __init__(self, run_dir: str | Path):
         loaded = load_run_network(run_dir)
-        meta = loaded.meta
-        self.classes = meta["classes"]
-        self.resolution = meta["resolution"]
-        self.interpolation = meta.get("interpolation", "bicubic")
-        self.normalise = partial(normalise, mean=meta["mean"], std=meta["std"])
+        card = loaded.card
+        self.classes = list(card.classes)
+        self.resolution = card.resolution
+        self.interpolation = card.interpolation
+        self.normalise = partial(normalise, mean=card.mean, std=card.std)
         self.network = loaded.network
         self.layer = target_layer(loaded.timm_model)
 

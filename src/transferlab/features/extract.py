@@ -13,20 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from transferlab.backbones import Backbone
-from transferlab.data.images import MAX_ASPECT_RATIO, ImageDecodeError, check_aspect, file_digest, load_rgb
+from transferlab.data.images import ImageDecodeError, file_digest
+from transferlab.data.transforms import normalise, preprocess
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import FeatureCache
 from transferlab.features.layers import DEFAULT_LAYERS, POOLS, pool, stage_indices
 from transferlab.options import MAX_RESOLUTION, MIN_RESOLUTION, check_int
 
 PRECISIONS = ("fp32", "bf16")
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # Rows extracted between two cache shards: what a killed run can lose at most.
 SHARD_ROWS = 1024
 
@@ -56,33 +55,6 @@ class ExtractionSettings:
         check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
         if self.batch_size < 1:
             raise TransferlabError(f"batch size must be at least 1, got {self.batch_size}")
-
-
-def preprocess(path: Path, resolution: int, interpolation: str = "bicubic") -> torch.Tensor:
-    """Decode, resize the shorter side to `resolution`, centre-crop: uint8 (3, R, R).
-
-    Images more elongated than MAX_ASPECT_RATIO are refused (ImageDecodeError) before decoding,
-    and the resized size is checked again, so no upload can make this allocate more than
-    MAX_ASPECT_RATIO * R * R pixels.
-    """
-    image = load_rgb(path, draft_size=resolution, max_aspect=MAX_ASPECT_RATIO)
-    width, height = image.size
-    check_aspect(width, height)  # again after EXIF rotation and JPEG draft scaling
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    if size[0] * size[1] > MAX_ASPECT_RATIO * (resolution + 1) ** 2:
-        raise ImageDecodeError(f"{width}x{height} px would resize to {size[0]}x{size[1]}: too large")
-    image = image.resize(size, _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR))
-    left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 (x - 255*mean) / (255*std): the one place this arithmetic lives."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    return (images_uint8.float() - mean_t) / std_t
 
 
 class ImageList(Dataset):

@@ -33,6 +33,18 @@ def typical_short_side(paths: list[Path], sample: int = 200, seed: int = 0) -> i
     return int(statistics.median(sides)) if sides else None
 
 
+def resolve_resolution(requested: int | str | None, paths: list[Path], native_size: int) -> tuple[int, str]:
+    """The one place a run's resolution is decided: (resolution, why).
+
+    A number is the user's; "native" is the backbone's own size; None is chosen from the images.
+    """
+    if requested == "native":
+        return native_size, f"native {native_size}px (asked for)"
+    if requested is not None:
+        return int(requested), "set by the user"
+    return choose_resolution(paths, native_size)
+
+
 def choose_resolution(paths: list[Path], native_size: int) -> tuple[int, str]:
     """Return (resolution, reason) for images at `paths` on a backbone of `native_size`."""
     short = typical_short_side(paths)

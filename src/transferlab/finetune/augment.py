@@ -2,82 +2,116 @@
 
 A recipe names a preset, or lists transforms with magnitudes:
     augment: [{name: rotation, degrees: 15}, {name: flip}, {name: zoom, scale: [0.8, 1.0]}]
+
+The names a list may use are the registry `AUGMENTATIONS` (name -> builder and options);
+the presets are plain data, `AUGMENT_PRESETS` (name -> such a list).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torchvision.transforms import v2
 
 from transferlab.errors import TransferlabError
+from transferlab.finetune.presets import AUGMENT_PRESETS
+
+MAX_RANDAUGMENT_OPS = 16  # transforms in a row per image; the paper's settings use 1..3
 
 
-def _colour(options: dict, resolution: int) -> v2.Transform:
-    m = options.get("strength", 0.2)
-    return v2.ColorJitter(brightness=m, contrast=m, saturation=m, hue=min(0.5, m / 4))
+class Augmentation(NamedTuple):
+    build: Callable[[dict, int], v2.Transform]  # (options, training resolution) -> transform
+    options: frozenset[str]  # the options it reads
 
 
-def _shift(options: dict, resolution: int) -> v2.Transform:
-    s = options.get("fraction", 0.1)
+def _flip(o: dict, r: int) -> v2.Transform:
+    return v2.RandomHorizontalFlip(p=o.get("p", 0.5))
+
+
+def _vflip(o: dict, r: int) -> v2.Transform:
+    return v2.RandomVerticalFlip(p=o.get("p", 0.5))
+
+
+def _crop(o: dict, r: int) -> v2.Transform:
+    return v2.RandomResizedCrop(r, scale=tuple(o.get("scale", (0.7, 1.0))), antialias=True)
+
+
+def _rotation(o: dict, r: int) -> v2.Transform:
+    return v2.RandomRotation(o.get("degrees", 15))
+
+
+def _shift(o: dict, r: int) -> v2.Transform:
+    s = o.get("fraction", 0.1)
     return v2.RandomAffine(degrees=0, translate=(s, s))
 
 
-# name -> (builder(options, resolution), the options it reads)
-_TRANSFORMS: dict[str, tuple] = {
-    "flip": (lambda o, r: v2.RandomHorizontalFlip(p=o.get("p", 0.5)), {"p"}),
-    "vflip": (lambda o, r: v2.RandomVerticalFlip(p=o.get("p", 0.5)), {"p"}),
-    "crop": (lambda o, r: v2.RandomResizedCrop(r, scale=tuple(o.get("scale", (0.7, 1.0))), antialias=True), {"scale"}),
-    "rotation": (lambda o, r: v2.RandomRotation(o.get("degrees", 15)), {"degrees"}),
-    "shift": (_shift, {"fraction"}),
-    "zoom": (lambda o, r: v2.RandomAffine(degrees=0, scale=tuple(o.get("scale", (0.85, 1.15)))), {"scale"}),
-    "shear": (lambda o, r: v2.RandomAffine(degrees=0, shear=o.get("degrees", 10)), {"degrees"}),
-    "colour": (_colour, {"strength"}),
-    "color": (_colour, {"strength"}),
-    "randaugment": (lambda o, r: v2.RandAugment(num_ops=o.get("ops", 2), magnitude=o.get("magnitude", 9)),
-                    {"ops", "magnitude"}),
-    "trivialaugment": (lambda o, r: v2.TrivialAugmentWide(), set()),
-}
+def _zoom(o: dict, r: int) -> v2.Transform:
+    return v2.RandomAffine(degrees=0, scale=tuple(o.get("scale", (0.85, 1.15))))
 
+
+def _shear(o: dict, r: int) -> v2.Transform:
+    return v2.RandomAffine(degrees=0, shear=o.get("degrees", 10))
+
+
+def _colour(o: dict, r: int) -> v2.Transform:
+    m = o.get("strength", 0.2)
+    return v2.ColorJitter(brightness=m, contrast=m, saturation=m, hue=min(0.5, m / 4))
+
+
+def _randaugment(o: dict, r: int) -> v2.Transform:
+    ops = o.get("ops", 2)
+    # RandAugment applies `ops` transforms one after the other to every image: a recipe (or a
+    # run folder's saved one) asking for millions would hang the check and then the training.
+    if isinstance(ops, bool) or not isinstance(ops, int) or not 0 <= ops <= MAX_RANDAUGMENT_OPS:
+        raise TransferlabError(f"augmentation 'randaugment': ops must be a whole number in "
+                               f"0..{MAX_RANDAUGMENT_OPS}, got {ops!r}"[:300])
+    return v2.RandAugment(num_ops=ops, magnitude=o.get("magnitude", 9))
+
+
+def _trivialaugment(o: dict, r: int) -> v2.Transform:
+    return v2.TrivialAugmentWide()
+
+
+# name -> builder and the options it takes: what an augment list may name.
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "flip": Augmentation(_flip, frozenset({"p"})),
+    "vflip": Augmentation(_vflip, frozenset({"p"})),
+    "crop": Augmentation(_crop, frozenset({"scale"})),
+    "rotation": Augmentation(_rotation, frozenset({"degrees"})),
+    "shift": Augmentation(_shift, frozenset({"fraction"})),
+    "zoom": Augmentation(_zoom, frozenset({"scale"})),
+    "shear": Augmentation(_shear, frozenset({"degrees"})),
+    "colour": Augmentation(_colour, frozenset({"strength"})),
+    "randaugment": Augmentation(_randaugment, frozenset({"ops", "magnitude"})),
+    "trivialaugment": Augmentation(_trivialaugment, frozenset()),
+}
+ALIASES = {"color": "colour"}  # accepted, not listed
 
 def _one(name: str, options: dict, resolution: int) -> v2.Transform:
-    if name not in _TRANSFORMS:
-        raise TransferlabError(
-            f"unknown augmentation '{name}': {', '.join(n for n in _TRANSFORMS if n != 'color')}"
-        )
-    builder, known = _TRANSFORMS[name]
+    augmentation = AUGMENTATIONS.get(ALIASES.get(name, name))
+    if augmentation is None:
+        raise TransferlabError(f"unknown augmentation '{name}': {', '.join(AUGMENTATIONS)}")
+    known = augmentation.options
     unknown = sorted(set(map(str, options)) - known)
     if unknown:
         raise TransferlabError(f"augmentation '{name}': unknown option '{unknown[0]}'"
                                f"{'; it takes ' + ', '.join(sorted(known)) if known else '; it takes none'}")
-    return builder(options, resolution)
+    return augmentation.build(options, resolution)
 
 
-PRESETS: dict[str, list[dict]] = {
-    "none": [],
-    "light": [{"name": "flip"}, {"name": "crop", "scale": (0.8, 1.0)}],
-    # The classic Keras ImageDataGenerator set compared in the scene study.
-    "classic": [
-        {"name": "rotation", "degrees": 15},
-        {"name": "shift", "fraction": 0.1},
-        {"name": "zoom", "scale": (0.9, 1.1)},
-        {"name": "shear", "degrees": 8},
-        {"name": "flip"},
-    ],
-    "randaugment": [{"name": "flip"}, {"name": "randaugment"}],
-    "trivialaugment": [{"name": "flip"}, {"name": "trivialaugment"}],
-}
+def _preset(spec: str, where: str | None = None) -> list[dict]:
+    if spec not in AUGMENT_PRESETS:
+        prefix = f"{where}: " if where else ""
+        raise TransferlabError(f"{prefix}unknown augmentation preset '{spec}': {', '.join(AUGMENT_PRESETS)}")
+    return AUGMENT_PRESETS[spec]
 
 
 def build_augmentation(spec: str | list[dict], resolution: int) -> v2.Transform:
     """uint8 (3, H, W) at `resolution` -> augmented uint8 (3, R, R)."""
-    if isinstance(spec, str):
-        if spec not in PRESETS:
-            raise TransferlabError(f"unknown augmentation preset '{spec}': {', '.join(PRESETS)}")
-        items = PRESETS[spec]
-    else:
-        items = spec
+    items = _preset(spec) if isinstance(spec, str) else spec
     transforms = []
     for item in items:
         options = dict(item)
@@ -90,8 +124,7 @@ def check_augment(spec, where: str = "recipe") -> None:
     """Names, options and values of an augmentation spec, checked on a blank image (one line
     naming the culprit) before any real image is decoded."""
     if isinstance(spec, str):
-        if spec not in PRESETS:
-            raise TransferlabError(f"{where}: unknown augmentation preset '{spec}': {', '.join(PRESETS)}")
+        _preset(spec, where)
         return
     for index, item in enumerate(spec):
         options = dict(item)
@@ -102,7 +135,7 @@ def check_augment(spec, where: str = "recipe") -> None:
                 transform(torch.zeros((3, 32, 32), dtype=torch.uint8))
         except TransferlabError as exc:
             raise TransferlabError(f"{where}: augment item {index + 1}: {exc}") from None
-        except Exception as exc:  # a value of the wrong type or range, as torchvision words it
+        except Exception as exc:  # noqa: BLE001 (a value of the wrong type or range, as torchvision words it)
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise TransferlabError(f"{where}: augment item {index + 1} ({name}): bad option value ({detail})") from None
 
@@ -161,10 +194,8 @@ class PerImage:
 
 def build_batch_augmentation(spec: str | list[dict], resolution: int):
     """A batch -> batch augmentation: the fast crop+flip path when the spec is only that."""
-    items = PRESETS.get(spec, []) if isinstance(spec, str) else spec
+    items = _preset(spec) if isinstance(spec, str) else spec
     names = [dict(item).get("name") for item in items]
-    if isinstance(spec, str) and spec not in PRESETS:
-        build_augmentation(spec, resolution)  # raises the helpful error
     if names and set(names) <= {"flip", "crop"} and names.count("crop") <= 1:
         crop = next((dict(i) for i in items if dict(i).get("name") == "crop"), None)
         scale = tuple(crop.get("scale", (0.7, 1.0))) if crop else (1.0, 1.0)

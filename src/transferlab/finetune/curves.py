@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from transferlab.report.plots import _save, plt
+from transferlab.plotting import plt
+from transferlab.plotting import save_figure as _save
 
 METRICS_FILE = "metrics.csv"
 

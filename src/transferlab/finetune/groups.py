@@ -1,8 +1,9 @@
-"""Block groups of a backbone, from its own module structure.
+"""Block groups of a backbone, and the group names a recipe's stages may use.
 
-Groups are named after the modules they hold: "stem", then e.g. "blocks.0".."blocks.6"
-and "neck" (conv_head + bn2) for EfficientNet, "layer1".."layer4" for ResNet; the new
-classifier is "head". Stages name groups with these names, ranges ("blocks.5-6"), "head" or "all".
+The groups themselves come from the backbone (`transferlab.backbones.block_groups`, built
+on timm's own group matcher): "stem", then e.g. "blocks.0".."blocks.6" and "neck"
+(conv_head + bn2) for EfficientNet, "layer1".."layer4" for ResNet; the new classifier is
+"head". Stages name groups with these names, ranges ("blocks.5-6"), "head", "topN" or "all".
 """
 
 from __future__ import annotations
@@ -11,37 +12,13 @@ import re
 
 from torch import nn
 
+from transferlab.backbones import block_groups
 from transferlab.errors import TransferlabError
-
-_BLOCK = re.compile(r"^((?:blocks|stages|layers|features)\.\d+|layer\d+)\.")
 
 
 def backbone_groups(timm_model: nn.Module) -> dict[str, list[str]]:
-    """Ordered mapping group name -> parameter names, input side first (classifier excluded).
-
-    Parameters before the first block form "stem", each block (timm's blocks.N, stages.N,
-    layerN) its own group, and whatever sits between the last block and the classifier
-    (EfficientNet's conv_head + bn2, a final norm) forms "neck".
-    """
-    classifier_prefix = _classifier_prefix(timm_model)
-    groups: dict[str, list[str]] = {}
-    seen_block = False
-    for name, _ in timm_model.named_parameters():
-        if name.startswith(classifier_prefix):
-            continue
-        match = _BLOCK.match(name)
-        if match:
-            seen_block = True
-            group = match.group(1)
-        else:
-            group = "neck" if seen_block else "stem"
-        groups.setdefault(group, []).append(name)
-    return groups
-
-
-def _classifier_prefix(timm_model: nn.Module) -> str:
-    name = timm_model.pretrained_cfg.get("classifier", "classifier")
-    return (name[0] if isinstance(name, (list, tuple)) else name) + "."
+    """Ordered mapping group name -> parameter names, input side first (classifier excluded)."""
+    return block_groups(timm_model)
 
 
 def expand_group_spec(spec: str | list[str], available: list[str]) -> list[str]:

@@ -10,6 +10,8 @@ added to the loss by `penalty()`, Keras-style, rather than folded into weight de
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -18,11 +20,50 @@ from transferlab.errors import TransferlabError
 
 MAX_UNITS = 16384  # a wider dense layer is a typo (or a hostile model.json asking for gigabytes)
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": nn.Identity}
-_KEYS = {
-    "batchnorm": set(),
-    "dropout": {"p"},
-    "dense": {"units", "activation", "l1", "l2"},
-    "activation": {"name"},
+
+Penalty = tuple[nn.Linear, float, float]  # a dense layer and its L1, L2 factors
+# What a layer builder returns: its modules, the width after them, and its penalty (or None).
+Built = tuple[list[nn.Module], int, Penalty | None]
+
+
+class LayerType(NamedTuple):
+    build: Callable[[dict, int, str], Built]  # (layer options, input width, where) -> Built
+    keys: frozenset[str]  # the options it takes besides `type`
+
+
+def _batchnorm(layer: dict, width: int, where: str) -> Built:
+    return [nn.BatchNorm1d(width)], width, None
+
+
+def _dropout(layer: dict, width: int, where: str) -> Built:
+    p = _number(layer, "p", 0.5, where)
+    if not 0 <= p < 1:
+        raise TransferlabError(f"{where}: dropout p must be in [0, 1), got {p}")
+    return [nn.Dropout(p)], width, None
+
+
+def _activation_layer(layer: dict, width: int, where: str) -> Built:
+    return [_activation(layer.get("name", "relu"), where)], width, None
+
+
+def _dense(layer: dict, width: int, where: str) -> Built:
+    units = layer.get("units", 0)
+    if isinstance(units, bool) or not isinstance(units, int) or not 1 <= units <= MAX_UNITS:
+        raise TransferlabError(f"{where}: dense needs whole-number units in 1..{MAX_UNITS}, got {units!r}")
+    l1, l2 = _number(layer, "l1", 0.0, where), _number(layer, "l2", 0.0, where)
+    if l1 < 0 or l2 < 0:
+        raise TransferlabError(f"{where}: l1/l2 must be 0 or more")
+    dense = nn.Linear(width, units)  # drawn before the activation: the seeded weights stay as they were
+    modules = [dense, _activation(layer.get("activation", "relu"), where)]
+    return modules, units, (dense, l1, l2) if l1 or l2 else None
+
+
+# type name -> builder and options: what a head spec may list (the order is the one errors print).
+HEAD_LAYERS: dict[str, LayerType] = {
+    "batchnorm": LayerType(_batchnorm, frozenset()),
+    "dropout": LayerType(_dropout, frozenset({"p"})),
+    "dense": LayerType(_dense, frozenset({"units", "activation", "l1", "l2"})),
+    "activation": LayerType(_activation_layer, frozenset({"name"})),
 }
 
 
@@ -30,46 +71,17 @@ class Head(nn.Module):
     def __init__(self, in_features: int, n_classes: int, spec: list[dict]):
         super().__init__()
         layers: list[nn.Module] = []
-        self._penalties: list[tuple[nn.Linear, float, float]] = []
+        self._penalties: list[Penalty] = []
         if not isinstance(spec, list) or not all(isinstance(layer, dict) for layer in spec):
             raise TransferlabError(f"head must be a list of layers ({{type: ...}}), got {spec!r}"[:300])
         width = in_features
         for index, layer in enumerate(spec):
-            width = self._add(layers, dict(layer), width, f"head layer {index + 1}")
+            modules, width, penalty = _build_layer(dict(layer), width, f"head layer {index + 1}")
+            layers += modules
+            if penalty is not None:
+                self._penalties.append(penalty)
         layers.append(nn.Linear(width, n_classes))
         self.layers = nn.Sequential(*layers)
-
-    def _add(self, layers: list[nn.Module], layer: dict, width: int, where: str) -> int:
-        kind = layer.pop("type", None)
-        if not isinstance(kind, str):
-            raise TransferlabError(f"{where}: type must be one of {', '.join(_KEYS)}, got {kind!r}")
-        if kind not in _KEYS:
-            raise TransferlabError(f"{where}: unknown type {kind!r}; use one of {', '.join(_KEYS)}")
-        unknown = set(layer) - _KEYS[kind]
-        if unknown:
-            raise TransferlabError(f"{where}: unknown key '{sorted(map(str, unknown))[0]}' for {kind}")
-        if kind == "batchnorm":
-            layers.append(nn.BatchNorm1d(width))
-        elif kind == "dropout":
-            p = _number(layer, "p", 0.5, where)
-            if not 0 <= p < 1:
-                raise TransferlabError(f"{where}: dropout p must be in [0, 1), got {p}")
-            layers.append(nn.Dropout(p))
-        elif kind == "activation":
-            layers.append(_activation(layer.get("name", "relu"), where))
-        else:
-            units = layer.get("units", 0)
-            if isinstance(units, bool) or not isinstance(units, int) or not 1 <= units <= MAX_UNITS:
-                raise TransferlabError(f"{where}: dense needs whole-number units in 1..{MAX_UNITS}, got {units!r}")
-            l1, l2 = _number(layer, "l1", 0.0, where), _number(layer, "l2", 0.0, where)
-            if l1 < 0 or l2 < 0:
-                raise TransferlabError(f"{where}: l1/l2 must be 0 or more")
-            dense = nn.Linear(width, units)
-            layers += [dense, _activation(layer.get("activation", "relu"), where)]
-            if l1 or l2:
-                self._penalties.append((dense, l1, l2))
-            width = units
-        return width
 
     @property
     def classifier(self) -> nn.Linear:
@@ -97,6 +109,19 @@ def check_head(spec: list[dict], where: str = "recipe") -> None:
         Head(8, 2, spec)
     except TransferlabError as exc:
         raise TransferlabError(f"{where}: {exc}") from None
+
+
+def _build_layer(layer: dict, width: int, where: str) -> Built:
+    kind = layer.pop("type", None)
+    if not isinstance(kind, str):
+        raise TransferlabError(f"{where}: type must be one of {', '.join(HEAD_LAYERS)}, got {kind!r}")
+    if kind not in HEAD_LAYERS:
+        raise TransferlabError(f"{where}: unknown type {kind!r}; use one of {', '.join(HEAD_LAYERS)}")
+    layer_type = HEAD_LAYERS[kind]
+    unknown = set(layer) - layer_type.keys
+    if unknown:
+        raise TransferlabError(f"{where}: unknown key '{min(map(str, unknown))}' for {kind}")
+    return layer_type.build(layer, width, where)
 
 
 def _number(layer: dict, key: str, default: float, where: str) -> float:

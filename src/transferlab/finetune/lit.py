@@ -1,13 +1,21 @@
-"""One unfreezing stage as a LightningModule: which groups train, at which rates."""
+"""One unfreezing stage as a LightningModule: which groups train, at which rates.
+
+Optimizers and learning-rate schedules are registries (`OPTIMIZERS`, `SCHEDULES`): a name
+in a recipe -> a builder. Their keys must match `recipe.OPTIMIZERS` / `recipe.SCHEDULES`,
+the torch-free lists a recipe is validated against (tests/test_finetune_parts.py checks it).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import lr_scheduler
+from torchmetrics.classification import MulticlassAccuracy
 
 from transferlab.finetune.augment import mix_batch
 from transferlab.finetune.network import FinetuneNet
@@ -18,6 +26,51 @@ def epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
     """Every epoch's randomness derives from (seed, stage, epoch), so a resumed run redraws
     exactly what the uninterrupted run drew."""
     return seed * 1_000_003 + stage_index * 10_007 + epoch
+
+
+# --- optimizers: name -> builder(parameter groups, weight decay) --------------------------------
+
+
+def _adamw(groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
+def _sgd(groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], float], torch.optim.Optimizer]] = {"adamw": _adamw, "sgd": _sgd}
+
+
+# --- schedules: name -> builder(optimizer, total optimizer steps) -> Lightning's lr_scheduler
+# config, or None (a constant rate) ------------------------------------------------------------
+
+
+def _cosine(optimizer: torch.optim.Optimizer, total: int) -> dict:
+    return {"scheduler": lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}
+
+
+def _onecycle(optimizer: torch.optim.Optimizer, total: int) -> dict:
+    # Each group peaks at its own rate (head_lr, decayed block rates), read before OneCycleLR
+    # rewrites them to its starting value.
+    peaks = [group["lr"] for group in optimizer.param_groups]
+    return {"scheduler": lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total), "interval": "step"}
+
+
+def _plateau(optimizer: torch.optim.Optimizer, total: int) -> dict:
+    return {"scheduler": lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=1), "monitor": "val_loss"}
+
+
+def _constant(optimizer: torch.optim.Optimizer, total: int) -> None:
+    return None
+
+
+SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], dict | None]] = {
+    "cosine": _cosine,
+    "onecycle": _onecycle,
+    "plateau": _plateau,
+    "constant": _constant,
+}
 
 
 class StageModule(L.LightningModule):
@@ -32,6 +85,12 @@ class StageModule(L.LightningModule):
         self.trainable, self.level = trainable, level
         self.class_weights = class_weights
         self.n_classes = net.head.classifier.out_features
+        # Accuracy over every sample of the epoch (micro average), not a mean of batch means.
+        # Validation syncs its counts across DDP processes when computed, so early stopping and
+        # the best checkpoint see the whole validation set. train_acc steers nothing: it stays
+        # each process's own shard (the logged figure is rank 0's), with no collective per epoch.
+        self.train_accuracy = MulticlassAccuracy(self.n_classes, average="micro", sync_on_compute=False)
+        self.val_accuracy = MulticlassAccuracy(self.n_classes, average="micro")
         self.loss_trace: list[float] | None = None  # a list: every step's raw loss is kept (LR range test)
         self._freeze()
 
@@ -86,11 +145,11 @@ class StageModule(L.LightningModule):
             x, y = mix_batch(self.net.normalise(x), y, self.n_classes, self.recipe.mixup, self.recipe.cutmix)
         logits = self(x)
         loss = self._loss(logits, y) + self.net.head.penalty()
-        accuracy = (logits.argmax(dim=1) == hard).float().mean()
+        self.train_accuracy.update(logits.detach(), hard)
         if self.loss_trace is not None:
             self.loss_trace.append(float(loss.detach()))
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log("train_acc", accuracy, prog_bar=True, on_step=False, on_epoch=True)
+        self.log("train_acc", self.train_accuracy, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch, batch_index):
@@ -99,35 +158,31 @@ class StageModule(L.LightningModule):
         # sync_dist: under DDP each process sees a shard of the validation set; early stopping and
         # the best checkpoint must watch the mean over all of them (a no-op in one process).
         self.log("val_loss", F.cross_entropy(logits.float(), y), prog_bar=True, on_epoch=True, sync_dist=True)
-        self.log("val_acc", (logits.argmax(dim=1) == y).float().mean(), prog_bar=True, on_epoch=True,
-                 sync_dist=True)
+        self.val_accuracy.update(logits, y)  # the metric syncs its own counts (see __init__)
+        self.log("val_acc", self.val_accuracy, prog_bar=True, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         # Wall time since the run started: accuracy-over-time curves for benchmarks.
         self.log("elapsed_s", float(time.time() - self.time_origin))
 
     def configure_optimizers(self):
-        groups = self._parameter_groups()
-        if self.recipe.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=self.recipe.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(groups, weight_decay=self.recipe.weight_decay)
+        optimizer = OPTIMIZERS[self.recipe.optimizer](self._parameter_groups(), self.recipe.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = self.stage.schedule
-        if schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        if schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
-                                                            total_steps=total)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        if schedule == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=1)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
-        return optimizer
+        scheduler = SCHEDULES[self.stage.schedule](optimizer, total)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def _parameter_groups(self) -> list[dict]:
-        """Head at head_lr; trained backbone groups at lr, decayed per group going down."""
+        """Head at head_lr; trained backbone groups at lr, decayed per group going down.
+
+        Hand-written rather than timm's layer decay (`param_groups_layer_decay`, behind
+        `create_optimizer_v2(layer_decay=...)`), which is not the same rule: timm counts depth
+        over the fine-grained groups of the model's `group_matcher(coarse=False)` from the top
+        of the whole model, trained or not (6 levels on test_efficientnet, against our 7 block
+        groups), and knows nothing of our separate head and its head_lr; ours counts over the
+        stage's *trained* block groups (the groups stages name), the top trained one at the
+        full lr. timm also drops weight decay on 1-d tensors, and leaves the decay as an
+        `lr_scale` that only timm's schedulers apply (torch's, used here, ignore it).
+        """
         stage = self.stage
         groups = []
         if "head" in self.trainable:

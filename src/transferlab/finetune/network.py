@@ -1,40 +1,22 @@
 """The fine-tuned network: a timm backbone cut into sequential units, plus the head.
 
-Cutting forward_features into units (stem, each block group, neck) lets a stage whose
-lower units are frozen compute them once per image and augmentation draw, and train the
-upper units on the cached activations. Units line up with `groups.backbone_groups`.
+Cutting the backbone into units (one per block group, the last ending with the pooling;
+see `transferlab.backbones.sequential_units`) lets a stage whose lower units are frozen
+compute them once per image and augmentation draw, and train the upper units on the
+cached activations. Units line up with `groups.backbone_groups`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-from transferlab.features.extract import normalise
+from transferlab.backbones import sequential_units
+from transferlab.backbones.shape import pooled_width, warn_uncut
+from transferlab.data.transforms import normalise
 from transferlab.finetune.groups import backbone_groups
 from transferlab.finetune.head import Head
-
-
-def _efficientnet_units(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    if not all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
-        return None
-    units = [("stem", nn.Sequential(model.conv_stem, model.bn1))]
-    units += [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
-    units.append(("neck", nn.Sequential(model.conv_head, model.bn2)))
-    return units
-
-
-def _resnet_units(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    if not all(hasattr(model, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer1")):
-        return None
-    units = [("stem", nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool))]
-    units += [(f"layer{i}", getattr(model, f"layer{i}")) for i in range(1, 5) if hasattr(model, f"layer{i}")]
-    return units
-
-
-def sequential_units(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """(group name, module) in forward order, or None where the architecture is not cut."""
-    return _efficientnet_units(model) or _resnet_units(model)
 
 
 class FinetuneNet(nn.Module):
@@ -44,9 +26,10 @@ class FinetuneNet(nn.Module):
         super().__init__()
         timm_model.reset_classifier(0)
         self.backbone = timm_model
-        self.head = Head(timm_model.num_features, n_classes, head_spec)
+        self.head = Head(pooled_width(timm_model), n_classes, head_spec)
         self.mean, self.std = tuple(mean), tuple(std)
-        self.units = sequential_units(timm_model)
+        # Only training asks for the cut (unit_groups), so only training warns about its absence.
+        self.units = sequential_units(timm_model, warn=False)
         self.group_params = backbone_groups(timm_model)
 
     @property
@@ -57,6 +40,7 @@ class FinetuneNet(nn.Module):
     def unit_groups(self) -> list[list[str]]:
         """The groups each unit covers (the uncut case: one unit with every group)."""
         if self.units is None:
+            warn_uncut(self.backbone)
             return [list(self.group_params)]
         return [[name] for name, _ in self.units]
 
@@ -71,10 +55,35 @@ class FinetuneNet(nn.Module):
         if self.units is None:
             return self.backbone(x) if stop >= 1 and start == 0 else x
         for _, unit in self.units[start:stop]:
-            x = unit(x)
-        if stop == len(self.units) and start < stop:
-            x = self.backbone.forward_head(x, pre_logits=True)  # global pool (+ flatten)
+            x = unit(x)  # the last unit ends with forward_head(pre_logits=True): pooled features
         return x
 
     def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
         return self.head(self.forward_units(x, level, self.n_units))
+
+
+@torch.inference_mode()
+def predict_probabilities(net: FinetuneNet, images: torch.Tensor, precision: str, tta: bool,
+                          batch_size: int = 128) -> np.ndarray:
+    """Class probabilities of uint8 images (or cached activations at level 0), batch by batch."""
+    net.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            probabilities = torch.softmax(net(batch).float(), dim=1)
+            if tta:  # horizontal-flip test-time augmentation
+                probabilities = (probabilities + torch.softmax(net(batch.flip(-1)).float(), dim=1)) / 2
+        out.append(probabilities.float())
+    return torch.cat(out).numpy() if out else np.zeros((0, net.head.classifier.out_features))
+
+
+@torch.inference_mode()
+def pooled_features(net: FinetuneNet, images: torch.Tensor, precision: str, batch_size: int = 128) -> np.ndarray:
+    """The head's input (pooled backbone features) of uint8 images: what the report maps."""
+    net.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out.append(net.forward_units(images[start:start + batch_size], 0, net.n_units).float().flatten(1))
+    return torch.cat(out).numpy() if out else np.zeros((0, pooled_width(net.backbone)), np.float32)

@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from transferlab.errors import TransferlabError
 from transferlab.options import MAX_BATCH_SIZE, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, PRECISION_CHOICES
+from transferlab.safe_yaml import read_yaml_file, short_repr
 
 SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
 OPTIMIZERS = ("adamw", "sgd")
@@ -38,7 +37,7 @@ def _int(where: str, name: str, value, low: int, high: int | None = None, option
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TransferlabError(f"{where}: {name} must be a whole number, got {value!r}")
+        raise TransferlabError(f"{where}: {name} must be a whole number, got {short_repr(value)}")
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else "0 or more" if low == 0 else f"at least {low}"
         raise TransferlabError(f"{where}: {name} must be {bound}, got {value}")
@@ -55,25 +54,25 @@ def _number(where: str, name: str, value, optional: bool = False) -> float | Non
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TransferlabError(f"{where}: {name} must be a number, got {value!r}")
+        raise TransferlabError(f"{where}: {name} must be a number, got {short_repr(value)}")
     return float(value)
 
 
 def _choice(where: str, name: str, value, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise TransferlabError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
+        raise TransferlabError(f"{where}: {name} must be one of {', '.join(choices)}, got {short_repr(value)}")
     return value
 
 
 def _bool(where: str, name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise TransferlabError(f"{where}: {name} must be true or false, got {value!r}")
+        raise TransferlabError(f"{where}: {name} must be true or false, got {short_repr(value)}")
     return value
 
 
 def _mappings(where: str, name: str, value) -> list[dict]:
     if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
-        raise TransferlabError(f"{where}: {name} must be a list of mappings ({{key: value}}), got {value!r}")
+        raise TransferlabError(f"{where}: {name} must be a list of mappings ({{key: value}}), got {short_repr(value)}")
     return [dict(item) for item in value]
 
 
@@ -92,7 +91,7 @@ class Stage:
         """Check every field's type and range; numbers given as text (YAML `1e-3`) become floats."""
         if not isinstance(self.train, str) or not self.train.strip():
             raise TransferlabError(f"{where}: train must name groups (e.g. head, all, blocks.5-6,head), "
-                                   f"got {self.train!r}")
+                                   f"got {short_repr(self.train)}")
         _int(where, "epochs", self.epochs, 1)
         self.lr = _number(where, "lr", self.lr)
         self.head_lr = _number(where, "head_lr", self.head_lr, optional=True)
@@ -137,9 +136,9 @@ class Recipe:
     def validate(self, where: str = "recipe") -> None:
         """Check every field's type and range (one line naming the field); normalises numbers."""
         if not isinstance(self.backbone, str) or not self.backbone.strip():
-            raise TransferlabError(f"{where}: backbone must be a backbone name, got {self.backbone!r}")
+            raise TransferlabError(f"{where}: backbone must be a backbone name, got {short_repr(self.backbone)}")
         if self.weights is not None and not isinstance(self.weights, str):
-            raise TransferlabError(f"{where}: weights must be a file path or 'random', got {self.weights!r}")
+            raise TransferlabError(f"{where}: weights must be a file path or 'random', got {short_repr(self.weights)}")
         _int(where, "resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION, optional=True)
         _choice(where, "precision", self.precision, PRECISION_CHOICES)
         _int(where, "batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
@@ -193,7 +192,7 @@ def _from_dict(cls, data: dict, where: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, data)) - known)
     if unknown:
-        raise TransferlabError(f"{where}: unknown key '{unknown[0]}'; known keys: {', '.join(sorted(known))}")
+        raise TransferlabError(f"{where}: unknown key {short_repr(unknown[0])}; known keys: {', '.join(sorted(known))}")
     return cls(**data)
 
 
@@ -208,12 +207,9 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: dict | None = 
     data: dict = {}
     if path is not None:
         file = Path(path)
-        if not file.is_file():
-            raise TransferlabError(f"{file}: recipe not found")
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise TransferlabError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        # No anchors or aliases (a few hundred bytes of them expand to gigabytes in a message),
+        # no special files, no number int() refuses: one line naming the file.
+        data = read_yaml_file(file, "recipe") or {}
         if not isinstance(data, dict):
             raise TransferlabError(f"{file}: a recipe is a mapping of keys to values")
     where = str(path or "recipe")
@@ -272,35 +268,59 @@ def apply_overrides(stages: list[Stage], recipe: Recipe, groups: list[str]) -> N
                 stage.head_lr *= factor
 
 
+def _head_only(name: str, groups: list[str]) -> list[Stage]:
+    return [Stage("head", epochs=8, lr=3e-3, patience=3)]
+
+
+def _fine_tune(name: str, groups: list[str]) -> list[Stage]:
+    return [Stage("head", epochs=3, lr=3e-3), Stage("all", epochs=6, lr=3e-4, head_lr=1e-3, layer_decay=0.8)]
+
+
+def _three_step(name: str, groups: list[str]) -> list[Stage]:
+    """Head -> upper blocks -> all, as in the VGG16 museum study."""
+    upper = ",".join(groups[-3:] + ["head"])
+    return [
+        Stage("head", epochs=3, lr=3e-3),
+        Stage(upper, epochs=4, lr=1e-3, head_lr=1e-3),
+        Stage("all", epochs=3, lr=2e-4, head_lr=5e-4, layer_decay=0.8),
+    ]
+
+
+def _from_block(name: str, groups: list[str]) -> list[Stage]:
+    k = _int_suffix(name)
+    if not 0 <= k < len(groups):
+        raise TransferlabError(f"preset '{name}': block index must be 0..{len(groups) - 1}")
+    return [Stage("head", epochs=3, lr=3e-3), Stage(",".join(groups[k:] + ["head"]), epochs=6, lr=5e-4, head_lr=1e-3)]
+
+
+def _gradual(name: str, groups: list[str]) -> list[Stage]:
+    n = _int_suffix(name) if ":" in name else 3
+    if not 1 <= n <= len(groups):
+        raise TransferlabError(f"preset '{name}': number of unfrozen groups must be 1..{len(groups)}")
+    stages = [Stage("head", epochs=2, lr=3e-3)]
+    for i in range(1, n + 1):
+        stages.append(Stage(",".join(groups[-i:] + ["head"]), epochs=2, lr=1e-3 / i, head_lr=1e-3))
+    return stages
+
+
+# Stage presets: the name as a user writes it (":K" / ":N" take a number) -> the stages it makes
+# from the backbone's groups (input side first, without "head").
+STAGE_PRESETS = {
+    "head-only": _head_only,
+    "fine_tune": _fine_tune,
+    "three-step": _three_step,
+    "from-block:K": _from_block,
+    "gradual:N": _gradual,
+}
+
+
 def preset_stages(name: str, groups: list[str]) -> list[Stage]:
-    """Presets; `groups` are the backbone's groups, input side first (without "head")."""
-    if name == "head-only":
-        return [Stage("head", epochs=8, lr=3e-3, patience=3)]
-    if name == "fine_tune":
-        return [Stage("head", epochs=3, lr=3e-3), Stage("all", epochs=6, lr=3e-4, head_lr=1e-3, layer_decay=0.8)]
-    if name == "three-step":  # head -> upper blocks -> all, as in the VGG16 museum study
-        upper = ",".join(groups[-3:] + ["head"])
-        return [
-            Stage("head", epochs=3, lr=3e-3),
-            Stage(upper, epochs=4, lr=1e-3, head_lr=1e-3),
-            Stage("all", epochs=3, lr=2e-4, head_lr=5e-4, layer_decay=0.8),
-        ]
-    if name.startswith("from-block:"):
-        k = _int_suffix(name)
-        if not 0 <= k < len(groups):
-            raise TransferlabError(f"preset '{name}': block index must be 0..{len(groups) - 1}")
-        return [Stage("head", epochs=3, lr=3e-3), Stage(",".join(groups[k:] + ["head"]), epochs=6, lr=5e-4, head_lr=1e-3)]
-    if name.startswith("gradual"):
-        n = _int_suffix(name) if ":" in name else 3
-        if not 1 <= n <= len(groups):
-            raise TransferlabError(f"preset '{name}': number of unfrozen groups must be 1..{len(groups)}")
-        stages = [Stage("head", epochs=2, lr=3e-3)]
-        for i in range(1, n + 1):
-            stages.append(Stage(",".join(groups[-i:] + ["head"]), epochs=2, lr=1e-3 / i, head_lr=1e-3))
-        return stages
-    raise TransferlabError(
-        f"unknown stage preset '{name}': head-only, fine_tune, three-step, from-block:K, gradual:N"
-    )
+    """The stages of preset `name` for a backbone with these groups."""
+    for pattern, build in STAGE_PRESETS.items():
+        stem = pattern.split(":")[0]
+        if name == stem or (":" in pattern and name.startswith(stem + ":")):
+            return build(name, groups)
+    raise TransferlabError(f"unknown stage preset '{name}': {', '.join(STAGE_PRESETS)}")
 
 
 def _int_suffix(name: str) -> int:

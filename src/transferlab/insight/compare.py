@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 
-from transferlab import __version__
-from transferlab.atomic import write_text
 from transferlab.errors import TransferlabError
 from transferlab.insight.runinfo import RunInfo, read_run
-from transferlab.report.html import CSS
+from transferlab.report.pages import write_page
+from transferlab.report.text import text_table
 
 MISSING = "-"
 
@@ -45,13 +43,11 @@ class Comparison:
         header = ["run", "backbone", "method", "px", "time s", "split", "accuracy", "macro F1", "beats"]
         body = [[r.run, r.backbone, r.method, _fmt(r.resolution), _fmt(r.seconds, 1), r.split, _fmt(r.accuracy, 4),
                  _fmt(r.macro_f1, 4), _beats(r)] for r in self.rows]
-        lines = _aligned(header, body, left=3)
-        lines += ["", "per-class F1:"]
         class_header = ["class"] + [r.run for r in self.rows]
         class_body = [[name] + [_fmt(r.per_class.get(name), 4) for r in self.rows] for name in self.classes]
-        lines += _aligned(class_header, class_body, left=1)
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
+        parts = [text_table(header, body, left=3), "", "per-class F1:", text_table(class_header, class_body, left=1)]
+        parts += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(parts)
 
     def to_dict(self) -> dict:
         return {
@@ -62,9 +58,15 @@ class Comparison:
 
     def write_html(self, path: str | os.PathLike) -> Path:
         """A self-contained page: one sortable table (click a header), best value per column in bold."""
-        target = Path(path)
-        write_text(target, _html_page(self))
-        return target
+        columns = _columns(self)
+        return write_page(
+            path, "compare.html",
+            title=f"transferlab compare: {len(self.rows)} runs",
+            warnings=self.warnings,
+            columns=[{"header": header, "numeric": header not in TEXT_COLUMNS} for header, _, _ in columns],
+            rows=_html_rows(self, columns),
+            runs=[(r.run, str(r.path)) for r in self.rows],
+        )
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -75,13 +77,6 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def _beats(row: CompareRow) -> str:
     return MISSING if row.beats is None else f"{row.beats}/{row.of}"
-
-
-def _aligned(header: list[str], body: list[list[str]], left: int) -> list[str]:
-    """Text columns: the first `left` aligned left, numbers right."""
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    return ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-            for row in [header, *body]]
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -158,40 +153,8 @@ def compare_runs(run_dirs: list[str | os.PathLike]) -> Comparison:
 
 # --------------------------------------------------------------------------- HTML
 
-# Per numeric column: is a higher value better? Resolution is a setting, not a score.
-_BETTER_HIGH = {"accuracy": True, "macro F1": True, "beats": True, "time s": False}
-
-SORT_JS = """
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  table.querySelectorAll("th").forEach(function (th, col) {
-    th.addEventListener("click", function () {
-      var asc = th.getAttribute("aria-sort") !== "ascending";
-      table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
-      th.setAttribute("aria-sort", asc ? "ascending" : "descending");
-      var body = table.tBodies[0];
-      var rows = Array.prototype.slice.call(body.rows);
-      rows.sort(function (a, b) {
-        var x = a.cells[col].dataset.v, y = b.cells[col].dataset.v;
-        if (x === undefined || y === undefined) {  // text column
-          return (asc ? 1 : -1) * a.cells[col].textContent.localeCompare(b.cells[col].textContent);
-        }
-        if (x === "") return 1;  // missing values last either way
-        if (y === "") return -1;
-        return (asc ? 1 : -1) * (parseFloat(x) - parseFloat(y));
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-"""
-
-EXTRA_CSS = """
-table.sortable th { cursor: pointer; user-select: none; white-space: nowrap; }
-table.sortable th[aria-sort="ascending"]::after { content: " \\25B2"; }
-table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
-td.best { font-weight: 700; background: #f0fff4; }
-.warning { color: #c05621; }
-"""
+# Text columns: left-aligned, never 'best'. Every other column holds numbers.
+TEXT_COLUMNS = ("run", "backbone", "method", "split")
 
 
 def _columns(comparison: Comparison) -> list[tuple[str, bool | None, list]]:
@@ -201,7 +164,7 @@ def _columns(comparison: Comparison) -> list[tuple[str, bool | None, list]]:
         ("run", None, [r.run for r in rows]),
         ("backbone", None, [r.backbone for r in rows]),
         ("method", None, [r.method for r in rows]),
-        ("px", None, [r.resolution for r in rows]),
+        ("px", None, [r.resolution for r in rows]),  # a setting, not a score: no 'best'
         ("time s", False, [r.seconds for r in rows]),
         ("split", None, [r.split for r in rows]),
         ("accuracy", True, [r.accuracy for r in rows]),
@@ -212,48 +175,25 @@ def _columns(comparison: Comparison) -> list[tuple[str, bool | None, list]]:
     return columns
 
 
-def _cell(value, header: str, best: bool, row: CompareRow) -> str:
-    if header in ("run", "backbone", "method", "split"):
-        return f"<td>{escape(str(value))}</td>"
-    css = ' class="num best"' if best else ' class="num"'
+def _best_rows(higher: bool | None, values: list) -> set[int]:
+    present = [v for v in values if v is not None]
+    if higher is None or len(set(present)) < 2:  # one value, or all equal: nothing stands out
+        return set()
+    target = max(present) if higher else min(present)
+    return {i for i, v in enumerate(values) if v == target}
+
+
+def _cell(value, header: str, best: bool, row: CompareRow) -> dict:
+    if header in TEXT_COLUMNS:
+        return {"numeric": False, "text": str(value)}
     if value is None:
-        return f'<td{css} data-v="">{MISSING}</td>'
+        return {"numeric": True, "best": best, "value": "", "text": MISSING}
     text = _beats(row) if header == "beats" else _fmt(value, 1 if header == "time s" else 0 if header == "px" else 4)
-    inner = f"<b>{escape(text)}</b>" if best else escape(text)
-    return f'<td{css} data-v="{value}">{inner}</td>'
+    # data-v carries the raw number, so the page sorts by value and not by its rounded text.
+    return {"numeric": True, "best": best, "value": value, "text": text}
 
 
-def _html_table(comparison: Comparison) -> str:
-    columns = _columns(comparison)
-    best_sets = []
-    for header, higher, values in columns:
-        present = [v for v in values if v is not None]
-        if higher is None or len(set(present)) < 2:  # one value, or all equal: nothing stands out
-            best_sets.append(set())
-            continue
-        target = max(present) if higher else min(present)
-        best_sets.append({i for i, v in enumerate(values) if v == target})
-    head = "".join(f'<th class="num">{escape(h)}</th>' if h not in ("run", "backbone", "method", "split")
-                   else f"<th>{escape(h)}</th>" for h, _, _ in columns)
-    body = []
-    for i, row in enumerate(comparison.rows):
-        cells = "".join(_cell(values[i], header, i in best, row) for (header, _, values), best in zip(columns, best_sets))
-        body.append(f"<tr>{cells}</tr>")
-    return (f'<table class="sortable">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body)
-            + "\n</tbody>\n</table>")
-
-
-def _html_page(comparison: Comparison) -> str:
-    warnings = "".join(f'<p class="warning">warning: {escape(w)}</p>\n' for w in comparison.warnings)
-    paths = "".join(f"<li><code>{escape(r.run)}</code>: {escape(str(r.path))}</li>" for r in comparison.rows)
-    title = f"transferlab compare: {len(comparison.rows)} runs"
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{escape(title)}</title>\n<style>{CSS}{EXTRA_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{escape(title)}</h1>\n{warnings}"
-        '<p class="muted">Click a column header to sort. Bold: the best value of a column (lowest time). '
-        "Accuracy and F1 from the split named in the split column; '-': not in that run.</p>\n"
-        f"{_html_table(comparison)}\n<h2>Runs</h2>\n<ul>{paths}</ul>\n"
-        f"<footer>transferlab {escape(__version__)}</footer>\n<script>{SORT_JS}</script>\n</body>\n</html>\n"
-    )
+def _html_rows(comparison: Comparison, columns: list[tuple[str, bool | None, list]]) -> list[list[dict]]:
+    best = [_best_rows(higher, values) for _, higher, values in columns]
+    return [[_cell(values[i], header, i in best_rows, row) for (header, _, values), best_rows in zip(columns, best)]
+            for i, row in enumerate(comparison.rows)]

@@ -17,7 +17,9 @@ from matplotlib.lines import Line2D
 
 from transferlab.atomic import write_text
 from transferlab.data.images import ImageDecodeError, load_rgb
-from transferlab.report.plots import _label, _literal, _save
+from transferlab.plotting import label as _label
+from transferlab.plotting import literal as _literal
+from transferlab.plotting import save_figure as _save
 
 # Legends stop being readable above this many classes; colours alone are drawn then.
 LEGEND_MAX_CLASSES = 20

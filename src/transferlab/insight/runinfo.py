@@ -6,15 +6,13 @@ malformed raises TransferlabError naming the file.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from transferlab.errors import TransferlabError
-from transferlab.runs import load_complete_run
+from transferlab.runs import load_complete_run, read_json_object
+from transferlab.safe_yaml import read_yaml_file, short_repr
 
 
 @dataclass
@@ -70,28 +68,27 @@ def resolve_folder(path: str | os.PathLike) -> Path:
     return Path(path).expanduser().resolve()
 
 
+# The config.yaml fields read here, and their types: checked once, so str() and int() of them
+# later show what a run wrote, never a planted structure (or a 40 MB rendering of one).
+_CONFIG_TYPES = {"backbone": (str,), "classifier": (str,), "data": (str, type(None)), "resolution": (int, type(None))}
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise TransferlabError(f"{path}: not found (is this a transferlab run folder?)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TransferlabError(f"{path}: not valid YAML ({exc})") from None
+    # Plain data only: anchors and aliases (a YAML bomb), special files and oversized ones are refused.
+    data = read_yaml_file(path, "run config")
     if not isinstance(data, dict):
         raise TransferlabError(f"{path}: expected a mapping at the top level")
+    for name, types in _CONFIG_TYPES.items():
+        value = data.get(name)
+        if name in data and (isinstance(value, bool) or not isinstance(value, types)):
+            raise TransferlabError(f"{path}: field '{name}' has the wrong type ({short_repr(value)})")
     return data
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise TransferlabError(f"{path}: not found (is this a transferlab run folder?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TransferlabError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise TransferlabError(f"{path}: expected a JSON object at the top level")
-    return data
+    return read_json_object(path, "run file")
 
 
 def read_run(path: str | os.PathLike) -> RunInfo:

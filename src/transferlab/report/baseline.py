@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferlab.errors import TransferlabError
+from transferlab.report.text import text_table
 
 REQUIRED_COLUMNS = ("class", "f1")
 # How many names of each side an error message lists before "...".
@@ -39,20 +40,12 @@ class BaselineComparison:
         """An aligned table, one row per shared class, ending with 'beats N of M classes'."""
         header = ("class", "ours", "baseline", "delta", "")
         body = [_row_cells(row) for row in self.rows]
-        width = max(len(r[0]) for r in [header, *body])
-        lines = [_table_line(r, width) for r in [header, *body]]
-        lines.append(f"beats {self.beats} of {self.of} classes")
-        return "\n".join(lines)
+        return text_table(header, body, left=1) + f"\nbeats {self.beats} of {self.of} classes"
 
 
 def _row_cells(row: dict) -> tuple[str, str, str, str, str]:
-    mark = "*" if row["beats"] else ""
+    mark = "*" if row["beats"] else ""  # this class beats the baseline
     return (row["class"], f"{row['ours']:.4f}", f"{row['baseline']:.4f}", f"{row['delta']:+.4f}", mark)
-
-
-def _table_line(cells: tuple[str, str, str, str, str], class_width: int) -> str:
-    name, ours, base, delta, mark = cells
-    return f"{name:<{class_width}}  {ours:>8}  {base:>8}  {delta:>8}  {mark}".rstrip()
 
 
 def _read_rows(path: Path) -> list[list[str]]:

@@ -10,7 +10,9 @@ import numpy as np
 from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
-from transferlab.report.plots import _label, _save, plt
+from transferlab.plotting import label as _label
+from transferlab.plotting import plt
+from transferlab.plotting import save_figure as _save
 
 
 def most_confused_pairs(confusion: list[list[int]], classes: list[str], k: int = 10) -> list[dict]:

@@ -1,4 +1,10 @@
-"""A single self-contained report.html for a run folder: tables, embedded plots, no external assets."""
+"""A single self-contained report.html for a run folder: tables, embedded plots, no external assets.
+
+The page is the `report.html` Jinja2 template (report/templates); this module turns the run
+folder's files into the template's values. Everything read from the folder is treated as
+hostile: values are escaped by the template, only the pipeline's own section bodies are
+kept as HTML, and the page's Content-Security-Policy lets no script run.
+"""
 
 from __future__ import annotations
 
@@ -6,150 +12,128 @@ import base64
 import csv
 import json
 import math
-from collections.abc import Collection
-from html import escape
 from pathlib import Path
 
-from transferlab import __version__
-from transferlab.atomic import write_text
+from markupsafe import Markup
+
+from transferlab.atomic import write_json
 from transferlab.errors import TransferlabError
+from transferlab.report.pages import write_page
 from transferlab.report.reproduce import reproduce_info
+from transferlab.runs import read_json_object
 
 SPLITS = ("val", "test")
 SKIPPED_ROWS_SHOWN = 200
-
-# Inline so the page works offline and as an e-mail attachment.
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1a202c;
-       max-width: 1100px; margin: 2em auto; padding: 0 1em; }
-h1 { font-size: 1.6em; margin-bottom: .2em; }
-h2 { font-size: 1.25em; border-bottom: 1px solid #e2e8f0; padding-bottom: .2em; margin-top: 1.8em; }
-h3 { font-size: 1.05em; margin-top: 1.2em; }
-table { border-collapse: collapse; margin: .6em 0; }
-th, td { padding: .25em .7em; border-bottom: 1px solid #edf2f7; text-align: left; vertical-align: top; }
-th { background: #f7fafc; font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-.up { color: #276749; } .down { color: #c53030; }
-.muted { color: #718096; }
-.headline { font-size: 1.05em; margin: .4em 0; }
-figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #e2e8f0; }
-figcaption { color: #4a5568; font-size: .9em; margin-top: .3em; }
-footer { margin-top: 3em; color: #a0aec0; font-size: .85em; }
-"""
-
-
-def _e(value: object) -> str:
-    return escape(str(value), quote=True)
+REPORT_RECORD = "report.json"
+REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DASH = Markup('<span class="muted">—</span>')
 
 
 def _num(value: object, digits: int = 4) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return _e(value)
+        return str(value)
     if isinstance(value, int):
         return str(value)
-    return f"{value:.{digits}f}" if math.isfinite(value) else _e(value)
+    return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: Collection[int] = ()) -> str:
-    """Cells must already be HTML-safe; `numeric` columns are right-aligned."""
-
-    def cls(i: int) -> str:
-        return ' class="num"' if i in numeric else ""
-
-    head = "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header))
-    body = "\n".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+def _dict(value: object) -> dict:
+    # A hand-edited metrics.json may hold a list where a mapping belongs: show nothing, not a traceback.
+    return value if isinstance(value, dict) else {}
 
 
 def _load_metrics(run_dir: Path) -> dict:
     path = run_dir / "metrics.json"
     if not path.is_file():
         raise TransferlabError(f"{path}: metrics file not found (run the probe first)")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TransferlabError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(metrics, dict):
-        raise TransferlabError(f"{path}: expected a JSON object at the top level")
-    return metrics
+    return read_json_object(path, "metrics file")
+
+
+def _load_record(run_dir: Path) -> dict:
+    """report.json as written by `write_report_record`, each field checked; {} when there is none."""
+    path = run_dir / REPORT_RECORD
+    if not path.is_file():
+        return {}
+    record = read_json_object(path, "report record")
+    kinds = {"title": (str, "string"), "summary": (dict, "object"), "sections": (list, "list"),
+             "reproduce": (dict, "object")}
+    for key, (kind, name) in kinds.items():
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            raise TransferlabError(f"{path}: '{key}' must be a JSON {name}")
+    sections = record.get("sections") or []
+    if not all(isinstance(s, list) and len(s) == 2 and all(isinstance(p, str) for p in s) for s in sections):
+        raise TransferlabError(f"{path}: 'sections' must be a list of [heading, body] string pairs")
+    return record
 
 
 def _summary_value(value: object) -> str:
     if isinstance(value, (list, tuple)):
-        return _e(", ".join(str(v) for v in value))
+        return ", ".join(str(v) for v in value)
     if isinstance(value, dict):
-        return _e(json.dumps(value, ensure_ascii=False))
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, float):
         # Settings such as a learning rate of 1e-5 must not print as 0.0000.
-        return _e(f"{value:.6g}")
-    return _e(value)
+        return f"{value:.6g}"
+    return str(value)
 
 
-def _reproduce_section(reproduce: dict) -> str:
-    versions = ", ".join(f"{name} {version}" for name, version in (reproduce.get("versions") or {}).items())
-    rows = [["command", f"<code>{_e(str(reproduce.get('command', '')))}</code>"],
-            ["seed", _e(str(reproduce.get("seed")))], ["versions", _e(versions)]]
-    return '<section id="reproduce">\n<h2>Reproduce</h2>\n' + _table(["", ""], rows) + "\n</section>"
+def _reproduce_rows(reproduce: dict) -> list[list]:
+    versions = reproduce.get("versions") or {}
+    if isinstance(versions, dict):
+        versions = ", ".join(f"{name} {version}" for name, version in versions.items())
+    return [["command", Markup("<code>{}</code>").format(str(reproduce.get("command", "")))],
+            ["seed", str(reproduce.get("seed"))], ["versions", str(versions)]]
 
 
-def _summary_section(summary: dict) -> str:
-    if not summary:
-        return ""
-    rows = [[_e(key), _summary_value(value)] for key, value in summary.items()]
-    return '<section id="summary">\n<h2>Summary</h2>\n' + _table(["setting", "value"], rows) + "\n</section>"
-
-
-def _delta_cell(delta: float) -> str:
+def _delta_cell(delta: float) -> Markup:
     css = "up" if delta > 0 else "down" if delta < 0 else "muted"
-    return f'<span class="{css}">{delta:+.4f}</span>'
+    return Markup('<span class="{}">{}</span>').format(css, f"{delta:+.4f}")
 
 
-def _baseline_cells(base: dict | None) -> list[str]:
-    if not base:
+def _baseline_cells(base: object) -> list:
+    if not isinstance(base, dict) or not base:
         # A class the baseline does not report gets a dash rather than a made-up zero.
-        return ['<span class="muted">—</span>'] * 2
-    return [_num(base.get("baseline")), _delta_cell(float(base.get("delta", 0.0)))]
+        return [DASH, DASH]
+    delta = base.get("delta", 0.0)
+    return [_num(base.get("baseline")), _delta_cell(float(delta)) if isinstance(delta, (int, float)) else str(delta)]
 
 
-def _per_class_table(per_class: dict, baseline: dict | None) -> str:
+def _per_class_table(per_class: dict, baseline: dict | None) -> dict:
     header = ["class", "precision", "recall", "F1", "support"]
-    base_rows = (baseline or {}).get("per_class", {})
+    base_rows = _dict((baseline or {}).get("per_class"))
     if baseline is not None:
         header += ["baseline F1", "delta"]
     rows = []
     for name, scores in per_class.items():
-        row = [_e(name)] + [_num(scores.get(key)) for key in ("precision", "recall", "f1", "support")]
+        row = [name] + [_num(_dict(scores).get(key)) for key in ("precision", "recall", "f1", "support")]
         if baseline is not None:
             row += _baseline_cells(base_rows.get(name))
         rows.append(row)
-    return _table(header, rows, numeric=set(range(1, len(header))))
+    return {"header": header, "rows": rows, "numeric": set(range(1, len(header)))}
 
 
-def _baseline_lines(baseline: dict) -> str:
-    parts = [f'<p class="headline">beats {int(baseline.get("beats", 0))} of {int(baseline.get("of", 0))} classes '
-             "(F1 strictly above the baseline)</p>"]
-    for key, label in (("missing_in_ours", "in the baseline but not in this run"),
+def _baseline_context(baseline: dict) -> dict:
+    missing = []
+    for key, where in (("missing_in_ours", "in the baseline but not in this run"),
                        ("missing_in_baseline", "in this run but not in the baseline")):
         names = baseline.get(key) or []
-        if names:
-            parts.append(f'<p class="muted">{len(names)} class(es) {label}: {_e(", ".join(map(str, names)))}</p>')
-    return "\n".join(parts)
+        if isinstance(names, list) and names:
+            missing.append((len(names), where, [str(n) for n in names]))
+    return {"beats": _num(baseline.get("beats", 0)), "of": _num(baseline.get("of", 0)), "missing": missing}
 
 
-def _split_section(split: str, result: dict) -> str:
+def _split_context(split: str, result: dict) -> dict:
     labels = {"accuracy": "accuracy", "macro_f1": "macro F1", "weighted_f1": "weighted F1", "n": "images"}
-    headline = " · ".join(f"{label} <b>{_num(result[key])}</b>" for key, label in labels.items() if key in result)
-    baseline = result.get("baseline")
-    parts = [f'<section id="split-{_e(split)}">', f"<h2>{_e(split)} split</h2>", f'<p class="headline">{headline}</p>']
+    baseline = result.get("baseline") if isinstance(result.get("baseline"), dict) else None
     absent = result.get("absent_classes") or []
-    if absent:
-        parts.append(f'<p class="muted">No {_e(split)} images of {_e(", ".join(map(str, absent)))}: '
-                     "left out of the macro averages.</p>")
-    if isinstance(baseline, dict):
-        parts.append(_baseline_lines(baseline))
-    parts.append(_per_class_table(result.get("per_class", {}), baseline if isinstance(baseline, dict) else None))
-    parts.append("</section>")
-    return "\n".join(parts)
+    return {
+        "name": split,
+        "headline": [(label, _num(result[key])) for key, label in labels.items() if key in result],
+        "absent": [str(a) for a in absent] if isinstance(absent, list) else [str(absent)],
+        "baseline": _baseline_context(baseline) if baseline else None,
+        "table": _per_class_table(_dict(result.get("per_class")), baseline),
+    }
 
 
 def _format_seconds(seconds: float) -> str:
@@ -159,14 +143,12 @@ def _format_seconds(seconds: float) -> str:
     return f"{int(minutes)} min {rest:04.1f} s"
 
 
-def _timings_section(timings: dict) -> str:
+def _timing_rows(timings: dict) -> list[list]:
     numeric = {k: float(v) for k, v in timings.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if not numeric:
-        return ""
-    rows = [[_e(phase), _format_seconds(sec)] for phase, sec in numeric.items()]
-    if "total" not in numeric:  # a caller-given total already covers the phases
-        rows.append(["<b>total</b>", f"<b>{_format_seconds(sum(numeric.values()))}</b>"])
-    return '<section id="timings">\n<h2>Timings</h2>\n' + _table(["phase", "time"], rows, numeric={1}) + "\n</section>"
+    rows: list[list] = [[phase, _format_seconds(sec)] for phase, sec in numeric.items()]
+    if numeric and "total" not in numeric:  # a caller-given total already covers the phases
+        rows.append([Markup("<b>total</b>"), Markup("<b>{}</b>").format(_format_seconds(sum(numeric.values())))])
+    return rows
 
 
 def _caption(png: Path, plots_dir: Path) -> str:
@@ -175,88 +157,84 @@ def _caption(png: Path, plots_dir: Path) -> str:
     return stem.replace("_", " ").replace("-", " ").replace("/", " / ")
 
 
-def _plots_section(run_dir: Path) -> str:
+def _is_png(path: Path) -> bool:
+    # A link could pull any readable file on this machine into a report that is then shared.
+    if path.is_symlink() or not path.is_file() or path.suffix.lower() != ".png":
+        return False
+    with path.open("rb") as handle:
+        return handle.read(len(PNG_MAGIC)) == PNG_MAGIC
+
+
+def _figures(run_dir: Path) -> list[dict]:
     plots_dir = run_dir / "plots"
-    if not plots_dir.is_dir():
-        return ""
-    pngs = sorted(p for p in plots_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".png")
-    figures = []
-    for png in pngs:
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        caption = _e(_caption(png, plots_dir))
-        figures.append(f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
-                       f"<figcaption>{caption}</figcaption></figure>")
-    if not figures:
-        return ""
-    return '<section id="plots">\n<h2>Plots</h2>\n' + "\n".join(figures) + "\n</section>"
+    if not plots_dir.is_dir() or plots_dir.is_symlink():
+        return []
+    pngs = sorted(p for p in plots_dir.rglob("*") if _is_png(p))
+    return [{"data": base64.b64encode(png.read_bytes()).decode("ascii"), "caption": _caption(png, plots_dir)}
+            for png in pngs]
 
 
 def _cell(row: list[str], index: int) -> str:
     return row[index] if index < len(row) else ""
 
 
-def _skipped_section(run_dir: Path) -> str:
+def _skipped(run_dir: Path) -> dict | None:
     path = run_dir / "skipped.csv"
     if not path.is_file():
-        return ""
+        return None
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         lines = [row for row in csv.reader(handle) if row]
     if len(lines) < 2:
-        return ""
+        return None
     header = [cell.strip().lower() for cell in lines[0]]
     # Expected columns path,reason; a file without that header still shows its first two columns.
     path_i = header.index("path") if "path" in header else 0
     reason_i = header.index("reason") if "reason" in header else 1
     records = lines[1:]
     shown = records[:SKIPPED_ROWS_SHOWN]
-    rows = [[_e(_cell(r, path_i)), _e(_cell(r, reason_i))] for r in shown]
     note = f"{len(records)} file(s) were skipped"
     if len(records) > len(shown):
         note += f"; the first {len(shown)} are listed (all are in skipped.csv)"
-    return ('<section id="skipped">\n<h2>Skipped files</h2>\n'
-            f'<p class="muted">{_e(note)}.</p>\n' + _table(["path", "reason"], rows) + "\n</section>")
+    return {"note": note, "rows": [[_cell(r, path_i), _cell(r, reason_i)] for r in shown]}
 
 
-def _extra_sections(sections: list[tuple[str, str]]) -> str:
-    # Bodies are trusted, already-escaped HTML from the caller; only headings are escaped here.
-    return "\n".join(f"<section>\n<h2>{_e(heading)}</h2>\n{body}\n</section>" for heading, body in sections)
+def write_report_record(run_dir: Path, *, title: str, summary: dict, sections: list[tuple[str, str]],
+                        reproduce: dict) -> None:
+    """What the report shows beyond metrics.json and plots/, kept in the run so that
+    `transferlab report RUN` rebuilds report.html from the folder alone."""
+    write_json(Path(run_dir) / REPORT_RECORD, {"title": title, "summary": summary,
+                                               "sections": [list(s) for s in sections], "reproduce": reproduce})
 
 
 def render_report(
     run_dir: Path,
     *,
-    title: str,
-    summary: dict,
+    title: str | None = None,
+    summary: dict | None = None,
     sections: list[tuple[str, str]] | None = None,
     reproduce: dict | None = None,
 ) -> Path:
-    """Write run_dir/report.html from metrics.json, plots/*.png and skipped.csv; return its path.
+    """Write run_dir/report.html from metrics.json, plots/*.png, skipped.csv and report.json; return its path.
 
-    `reproduce` (command, seed, versions) defaults to this process's command and the run's seed.
+    Arguments given here win over the run's report.json (written by `write_report_record`).
+    Section bodies are HTML the pipeline built (escaped already); headings are text.
     """
     run_dir = Path(run_dir)
-    reproduce = reproduce if reproduce is not None else reproduce_info(run_dir)
+    record = _load_record(run_dir)
+    title = title if title is not None else str(record.get("title") or f"transferlab: {run_dir.name}")
+    summary = summary if summary is not None else record.get("summary") or {}
+    sections = sections if sections is not None else [tuple(s) for s in record.get("sections") or []]
+    reproduce = reproduce if reproduce is not None else record.get("reproduce") or reproduce_info(run_dir)
     metrics = _load_metrics(run_dir)
-    split_parts = [_split_section(s, metrics[s]) for s in SPLITS if isinstance(metrics.get(s), dict)]
-    timings = metrics.get("timings")
-    body = [
-        f"<h1>{_e(title)}</h1>",
-        _summary_section(summary),
-        *split_parts,
-        _plots_section(run_dir),
-        _timings_section(timings) if isinstance(timings, dict) else "",
-        _skipped_section(run_dir),
-        _extra_sections(sections or []),
-        _reproduce_section(reproduce),
-        f"<footer>transferlab {_e(__version__)}</footer>",
-    ]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(part for part in body if part)
-        + "\n</body>\n</html>\n"
+    return write_page(
+        run_dir / "report.html", "report.html",
+        title=title,
+        csp=Markup(REPORT_CSP),
+        summary=[[key, _summary_value(value)] for key, value in summary.items()],
+        splits=[_split_context(s, metrics[s]) for s in SPLITS if isinstance(metrics.get(s), dict)],
+        figures=_figures(run_dir),
+        timings=_timing_rows(_dict(metrics.get("timings"))),
+        skipped=_skipped(run_dir),
+        sections=[(heading, Markup(body)) for heading, body in sections],
+        reproduce=_reproduce_rows(reproduce),
     )
-    target = run_dir / "report.html"
-    write_text(target, page)
-    return target

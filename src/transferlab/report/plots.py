@@ -5,42 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
 
-# Agg before pyplot: reports are drawn on servers and in CI, where no display exists.
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from transferlab.plotting import DPI, LABEL_MAX_CHARS, plt  # noqa: F401  (DPI: the report's plot resolution)
+from transferlab.plotting import label as _label
+from transferlab.plotting import literal as _literal
+from transferlab.plotting import save_figure as _save
 
-from transferlab.atomic import atomic_path  # noqa: E402
-
-DPI = 110
 # Above this many classes, per-cell numbers no longer fit and only colour is drawn.
 ANNOTATE_MAX_CLASSES = 15
-# Long class names would squeeze the matrix to nothing; the full name is in the HTML tables.
-LABEL_MAX_CHARS = 28
-
-
-def _literal(text: str) -> str:
-    """Text that matplotlib draws as written (a pair of '$' would otherwise start mathtext)."""
-    return str(text).replace("$", r"\$")
-
-
-def _label(name: str) -> str:
-    text = str(name)
-    if len(text) > LABEL_MAX_CHARS:
-        text = text[: LABEL_MAX_CHARS - 1] + "…"
-    return _literal(text)
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        # The temp name ends in .tmp, so the format must be given explicitly.
-        fig.savefig(tmp, format="png", dpi=DPI)
-    return target
 
 
 def _row_normalised(matrix: np.ndarray) -> np.ndarray:
@@ -57,15 +33,6 @@ def _matrix_side_inches(n_classes: int) -> float:
 def _tick_fontsize(n_classes: int) -> float:
     # Cells stay ~0.4 inch tall as the figure grows, so 8 pt names still fit at 40 classes.
     return 9.0 if n_classes <= 15 else 8.0
-
-
-def _annotate_counts(ax: Axes, counts: np.ndarray, shade: np.ndarray, fontsize: float) -> None:
-    threshold = shade.max() / 2 if shade.max() > 0 else 1.0
-    for i in range(counts.shape[0]):
-        for j in range(counts.shape[1]):
-            # White text on dark cells, black on light ones.
-            colour = "white" if shade[i, j] > threshold else "black"
-            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", color=colour, fontsize=fontsize)
 
 
 def plot_confusion_matrix(
@@ -100,22 +67,26 @@ def _draw_confusion(
     fig: Figure, ax: Axes, counts: np.ndarray, shade: np.ndarray, classes: list[str], *, normalize: bool, title: str
 ) -> None:
     n = len(classes)
-    image = ax.imshow(shade, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
-    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    colorbar.set_label("share of true class" if normalize else "count")
-
     fontsize = _tick_fontsize(n)
-    labels = [_label(c) for c in classes]
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels(labels, rotation=45 if n <= 15 else 90, ha="right" if n <= 15 else "center", fontsize=fontsize)
-    ax.set_yticklabels(labels, fontsize=fontsize)
+    annotate = n <= ANNOTATE_MAX_CLASSES
+    # The display draws the shading (so its text colours follow the cell colour); the cells
+    # then read the raw counts, which say how many images a share stands for.
+    display = ConfusionMatrixDisplay(shade, display_labels=[_label(c) for c in classes])
+    display.plot(include_values=annotate, cmap="Blues", ax=ax, colorbar=False,
+                 xticks_rotation=45 if n <= 15 else 90,
+                 im_kw={"vmin": 0.0, "vmax": 1.0 if normalize else None}, text_kw={"fontsize": fontsize})
+    if annotate:
+        for (i, j), text in np.ndenumerate(display.text_):
+            text.set_text(str(int(counts[i, j])))
+    # Drawn here rather than by the display: a narrow bar leaves the matrix its width.
+    colorbar = fig.colorbar(display.im_, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("share of true class" if normalize else "count")
+    plt.setp(ax.get_xticklabels(), ha="right" if n <= 15 else "center", fontsize=fontsize)
+    plt.setp(ax.get_yticklabels(), fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title:
         ax.set_title(_literal(title))
-    if n <= ANNOTATE_MAX_CLASSES:
-        _annotate_counts(ax, counts, shade, fontsize)
     fig.tight_layout()
 
 

@@ -11,7 +11,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import yaml
+from transferlab.errors import TransferlabError
+from transferlab.safe_yaml import read_yaml_file
 
 # The libraries whose versions change numbers: a figure is reproducible only with them.
 LIBRARIES = ("transferlab", "torch", "torchvision", "timm", "scikit-learn", "numpy", "lightning", "pillow")
@@ -42,8 +43,8 @@ def reproduce_info(run_dir: Path) -> dict:
     config = Path(run_dir) / "config.yaml"
     if config.is_file():
         try:
-            loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+            loaded = read_yaml_file(config, "run config")
             seed = loaded.get("seed") if isinstance(loaded, dict) else None
-        except (yaml.YAMLError, UnicodeDecodeError):
+        except TransferlabError:
             seed = None
     return {"command": command_line(), "seed": seed, "versions": library_versions()}

@@ -1,30 +1,26 @@
 """The HTTP service: `create_app(run_dir)` builds a FastAPI app around one finished run.
 
 The run folder is fixed when the app is made and the model is loaded once, in the
-lifespan. Uploads are read with limits enforced while streaming, decoded in a thread pool
-(not on the event loop) within a memory budget, and predicted through the micro-batcher.
-Every refusal is a 4xx (or a 503 to retry) with `{"error": "..."}`; nothing a client
-sends is ever used as a path.
+lifespan; the routes themselves (serve/routes.py) are shared and reach both through
+dependencies. Uploads are read with limits enforced while streaming, decoded in a thread
+pool (not on the event loop) within a memory budget, and predicted through the
+micro-batcher. Every refusal is a 4xx (or a 503 to retry) with `{"error": "..."}`;
+nothing a client sends is ever used as a path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import math
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -33,14 +29,7 @@ from transferlab import __version__
 from transferlab.errors import TransferlabError
 from transferlab.runs import read_json_object
 from transferlab.serve.batching import MicroBatcher, Overloaded
-from transferlab.serve.engines import (
-    Predictor,
-    check_engine,
-    engine_differences,
-    load_engine,
-    model_meta,
-    read_export_record,
-)
+from transferlab.serve.engines import check_engine, engine_differences, load_engine, model_card, read_export_record
 from transferlab.serve.limits import (
     DEFAULT_DECODE_MEMORY_BYTES,
     DEFAULT_DECODE_WAIT_S,
@@ -48,56 +37,12 @@ from transferlab.serve.limits import (
     BatchGate,
     DecodeBudget,
 )
-from transferlab.serve.schemas import (
-    BatchResponse,
-    HealthResponse,
-    ModelInfo,
-    PredictResponse,
-    RunDescription,
-    SplitMetrics,
-    error_responses,
-    file_body,
-)
-from transferlab.serve.uploads import Upload, UploadError, decode_cost, decode_image, read_uploads
+from transferlab.serve.routes import Service, Settings, bind_schema_to_run, busy_message, page_html, router
+from transferlab.serve.schemas import RunDescription, SplitMetrics
+from transferlab.serve.uploads import UploadError
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-# The page loads nothing from elsewhere: everything is inline, and the browser is told so.
-PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob:; "
-            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 KIND_WORDS = {"probe": "probe", "finetune": "fine-tuned"}
-
-log = logging.getLogger("transferlab.serve")
-
-
-@dataclass
-class _Settings:
-    """Everything fixed when the app is made: the run, its checked description, the limits."""
-
-    run_path: Path
-    engine: str
-    describe: RunDescription
-    metrics: dict[str, SplitMetrics]
-    top_k: int
-    max_upload_bytes: int
-    max_batch_files: int
-    max_batch: int
-    max_wait_ms: float
-    decode_threads: int | None
-    decode_memory_bytes: int
-    decode_wait_s: float
-    max_concurrent_batches: int
-
-
-@dataclass
-class _Service:
-    """What the lifespan loads and starts; handlers find it on `app.state.service`."""
-
-    predictor: Predictor
-    batcher: MicroBatcher
-    decode_pool: ThreadPoolExecutor
-    budget: DecodeBudget
-    batches: BatchGate
-    differences: dict[str, float] = field(default_factory=dict)
 
 
 def _headline_metrics(run_path: Path) -> dict[str, SplitMetrics]:
@@ -116,7 +61,7 @@ def _headline_metrics(run_path: Path) -> dict[str, SplitMetrics]:
 
 
 def _describe_run(run_path: Path) -> RunDescription:
-    meta = model_meta(run_path)
+    meta = model_card(run_path).to_dict()
     try:
         return RunDescription.model_validate({k: meta.get(k) for k in RunDescription.model_fields if k in meta})
     except ValidationError as exc:
@@ -129,162 +74,66 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _busy(exc: Overloaded) -> JSONResponse:
-    return _error(503, f"server busy: {exc}; retry shortly", {"Retry-After": "1"})
+async def _upload_error(request: Request, exc: UploadError) -> JSONResponse:
+    return _error(exc.status, exc.message)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
-        return _error(exc.status, exc.message)
-
-    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return _busy(exc)
-
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), exc.headers)
-
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        # Still logged with its traceback by the server; the client gets JSON like every other error.
-        return _error(500, f"internal error: {type(exc).__name__}")
-
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return _error(422, f"invalid request: {reasons}")
-
-    for kind, handler in ((UploadError, upload_error), (Overloaded, overloaded),
-                          (StarletteHTTPException, http_error), (Exception, internal),
-                          (RequestValidationError, invalid)):
-        app.add_exception_handler(kind, handler)  # type: ignore[arg-type]
+async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+    return _error(503, busy_message(exc), {"Retry-After": "1"})
 
 
-def _service(request: Request) -> _Service:
-    found = getattr(request.app.state, "service", None)
-    if found is None:
-        raise UploadError(503, "the model is not loaded (start the app with its lifespan)")
-    return found
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), exc.headers)
 
 
-def _ranked(row: np.ndarray, k: int, classes: list[str]) -> list[dict]:
-    best = np.argsort(-row, kind="stable")[:k]
-    return [{"class": classes[i], "p": min(1.0, max(0.0, round(float(row[i]), 6)))} for i in best]
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    # Still logged with its traceback by the server; the client gets JSON like every other error.
+    return _error(500, f"internal error: {type(exc).__name__}")
 
 
-async def _decode(svc: _Service, upload: Upload) -> np.ndarray:
-    """One upload -> the model's uint8 input, within the decode memory budget."""
-    loop = asyncio.get_running_loop()
-    p = svc.predictor
-    cost = await loop.run_in_executor(svc.decode_pool, decode_cost, upload.data, p.resolution)
-    await svc.budget.reserve(cost, f"image '{upload.filename}'")
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return _error(422, f"invalid request: {reasons}")
+
+
+ERROR_HANDLERS = {UploadError: _upload_error, Overloaded: _overloaded, StarletteHTTPException: _http_error,
+                  Exception: _internal, RequestValidationError: _invalid}
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the model and start the batcher and decode pool for `app.state.settings`; stop them after."""
+    s: Settings = app.state.settings
+    predictor = load_engine(s.run_path, s.engine)
+    batcher = MicroBatcher(predictor.predict_uint8, max_batch=s.max_batch, max_wait_s=s.max_wait_ms / 1000)
+    decode_pool = ThreadPoolExecutor(max_workers=s.decode_threads or min(4, os.cpu_count() or 1),
+                                     thread_name_prefix="transferlab-decode")
+    differences = engine_differences(s.run_path / "model", predictor.fingerprint)
+    await batcher.start()
+    budget = DecodeBudget(s.decode_memory_bytes, s.decode_wait_s)
+    app.state.service = Service(predictor, batcher, decode_pool, budget, BatchGate(s.max_concurrent_batches),
+                                differences)
     try:
-        work = svc.decode_pool.submit(decode_image, upload.data, p.resolution, p.interpolation)
-    except RuntimeError:  # the pool has shut down: the app is stopping
-        svc.budget.release(cost)
-        raise
-
-    def give_back(_) -> None:
-        # On the worker's own future, not the awaiting task's: if the client goes away the
-        # memory stays reserved until the thread has really finished with it.
-        try:
-            loop.call_soon_threadsafe(svc.budget.release, cost)
-        except RuntimeError:
-            pass  # the loop has closed: the server is gone, and its budget with it
-
-    work.add_done_callback(give_back)
-    return await asyncio.wrap_future(work)
+        yield
+    finally:
+        app.state.service = None
+        await batcher.stop()
+        decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _item_error(filename: str, exc: BaseException) -> dict:
-    """A failed file of a batch, as its own entry: the batch itself still answers 200."""
-    if isinstance(exc, UploadError):
-        return {"filename": filename, "error": exc.message, "status": exc.status}
-    if isinstance(exc, Overloaded):
-        return {"filename": filename, "error": f"server busy: {exc}; retry shortly", "status": 503}
-    log.error("batch item %r failed", filename, exc_info=exc)
-    return {"filename": filename, "error": f"internal error: {type(exc).__name__}", "status": 500}
+class RunApp(FastAPI):
+    """A FastAPI app for one run: the shared routes, with this run's bounds in its OpenAPI schema."""
+
+    def openapi(self) -> dict:
+        return bind_schema_to_run(super().openapi(), self.state.settings)
 
 
-async def _classify_all(svc: _Service, uploads: list[Upload], k: int) -> list[dict]:
-    decoded = await asyncio.gather(*(_decode(svc, u) for u in uploads), return_exceptions=True)
-    good = [image for image in decoded if isinstance(image, np.ndarray)]
-    rows = iter(await asyncio.gather(*(svc.batcher.predict(image) for image in good), return_exceptions=True))
-    results = []
-    for upload, outcome in zip(uploads, decoded):
-        if isinstance(outcome, np.ndarray):
-            outcome = next(rows)
-        if isinstance(outcome, BaseException):
-            results.append(_item_error(upload.filename, outcome))
-        else:
-            results.append({"filename": upload.filename, "top": _ranked(outcome, k, svc.predictor.classes)})
-    return results
-
-
-def _info_routes(s: _Settings, router: APIRouter) -> None:
-    @router.get("/health", response_model=HealthResponse, responses=error_responses(503))
-    async def health(request: Request) -> dict:
-        svc = _service(request)
-        return {"status": "ok", "model": svc.predictor.model_id, "engine": svc.predictor.engine,
-                "batching": svc.batcher.stats.as_dict(), "decode_memory": svc.budget.as_dict(),
-                "batch_requests": {"active": svc.batches.active, "limit": svc.batches.limit}}
-
-    @router.get("/model", response_model=ModelInfo, responses=error_responses(503))
-    async def model(request: Request) -> dict:
-        svc = _service(request)
-        p = svc.predictor
-        return {**s.describe.model_dump(), "model": p.model_id, "engine": p.engine, "run": s.run_path.resolve().name,
-                "classes": p.classes, "input_size": [3, p.resolution, p.resolution],
-                "interpolation": p.interpolation, "engine_max_abs_diff": svc.differences,
-                "metrics": {k: v.model_dump() for k, v in s.metrics.items()}, "top_k": s.top_k,
-                "max_upload_bytes": s.max_upload_bytes, "max_batch_files": s.max_batch_files}
-
-
-def _predict_routes(s: _Settings, router: APIRouter, n_classes: int) -> None:
-    # Bounded by the run's class count, so the schema says what the server accepts.
-    top_k_query = Query(None, alias="top_k", ge=1, le=n_classes, description="how many classes to return")
-
-    @router.post("/predict", response_model=PredictResponse, responses=error_responses(400, 413, 415, 422, 503),
-                 openapi_extra=file_body("file"))
-    async def predict(request: Request, top_k_: int | None = top_k_query) -> dict:
-        """Classify one image (multipart field `file`): the top-k classes with probabilities."""
-        svc = _service(request)
-        upload = (await read_uploads(request, "file", s.max_upload_bytes, max_files=1))[0]
-        row = await svc.batcher.predict(await _decode(svc, upload))
-        p = svc.predictor
-        return {"model": p.model_id, "engine": p.engine, "filename": upload.filename,
-                "top": _ranked(row, top_k_ or s.top_k, p.classes)}
-
-    @router.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True,
-                 responses=error_responses(400, 413, 415, 422, 503),
-                 openapi_extra=file_body("files", s.max_batch_files))
-    async def predict_batch(request: Request, top_k_: int | None = top_k_query) -> dict:
-        """Classify several images (repeated multipart field `files`); a bad file gets its own error entry."""
-        svc = _service(request)
-        # The slot is taken before reading: it also bounds the memory of batch bodies being buffered.
-        async with svc.batches.slot():
-            uploads = await read_uploads(request, "files", s.max_upload_bytes, max_files=s.max_batch_files)
-            results = await _classify_all(svc, uploads, top_k_ or s.top_k)
-        return {"model": svc.predictor.model_id, "engine": svc.predictor.engine, "results": results}
-
-
-def _lifespan(s: _Settings):
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        predictor = load_engine(s.run_path, s.engine)
-        batcher = MicroBatcher(predictor.predict_uint8, max_batch=s.max_batch, max_wait_s=s.max_wait_ms / 1000)
-        decode_pool = ThreadPoolExecutor(max_workers=s.decode_threads or min(4, os.cpu_count() or 1),
-                                         thread_name_prefix="transferlab-decode")
-        differences = engine_differences(s.run_path / "model", predictor.fingerprint)
-        await batcher.start()
-        budget = DecodeBudget(s.decode_memory_bytes, s.decode_wait_s)
-        app.state.service = _Service(predictor, batcher, decode_pool, budget, BatchGate(s.max_concurrent_batches),
-                                     differences)
-        try:
-            yield
-        finally:
-            app.state.service = None
-            await batcher.stop()
-            decode_pool.shutdown(wait=False, cancel_futures=True)
-
-    return lifespan
+def _check_limits(allowed_hosts: list[str] | None, **limits: int) -> None:
+    for name, value in limits.items():
+        if value < 1:
+            raise TransferlabError(f"{name} must be at least 1, got {value}")
+    if allowed_hosts is not None and not all(isinstance(h, str) and h for h in allowed_hosts):
+        raise TransferlabError(f"allowed_hosts must be non-empty host names, got {allowed_hosts!r}")
 
 
 def create_app(run_dir: str | Path, engine: str = "torch", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -302,34 +151,21 @@ def create_app(run_dir: str | Path, engine: str = "torch", max_upload_bytes: int
     """
     run_path = Path(run_dir)
     check_engine(run_path, engine)
-    for name, value in (("max_upload_bytes", max_upload_bytes), ("top_k", top_k),
-                        ("max_batch_files", max_batch_files), ("max_batch", max_batch),
-                        ("decode_memory_bytes", decode_memory_bytes),
-                        ("max_concurrent_batches", max_concurrent_batches)):
-        if value < 1:
-            raise TransferlabError(f"{name} must be at least 1, got {value}")
-    if allowed_hosts is not None and not all(isinstance(h, str) and h for h in allowed_hosts):
-        raise TransferlabError(f"allowed_hosts must be non-empty host names, got {allowed_hosts!r}")
+    _check_limits(allowed_hosts, max_upload_bytes=max_upload_bytes, top_k=top_k, max_batch_files=max_batch_files,
+                  max_batch=max_batch, decode_memory_bytes=decode_memory_bytes,
+                  max_concurrent_batches=max_concurrent_batches)
     describe = _describe_run(run_path)
     read_export_record(run_path / "model")  # a tampered export.json fails here, in one line, not at start-up
-    s = _Settings(run_path, engine, describe, _headline_metrics(run_path), top_k, max_upload_bytes, max_batch_files,
-                  max_batch, max_wait_ms, decode_threads, decode_memory_bytes, decode_wait_s, max_concurrent_batches)
-    page = resources.files("transferlab.serve").joinpath("static/index.html").read_text(encoding="utf-8")
-
-    app = FastAPI(title="transferlab", version=__version__, lifespan=_lifespan(s),
-                  description=f"Image classification with the {KIND_WORDS[describe.kind]} run "
-                              f"`{run_path.resolve().name}` ({describe.backbone}).")
+    page_html()  # a broken install fails here too, not on the first visit to /
+    app = RunApp(title="transferlab", version=__version__, lifespan=lifespan,
+                 exception_handlers=ERROR_HANDLERS,  # type: ignore[arg-type]
+                 description=f"Image classification with the {KIND_WORDS[describe.kind]} run "
+                             f"`{run_path.resolve().name}` ({describe.backbone}).")
+    app.state.settings = Settings(run_path, engine, describe, _headline_metrics(run_path), top_k, max_upload_bytes,
+                                  max_batch_files, max_batch, max_wait_ms, decode_threads, decode_memory_bytes,
+                                  decode_wait_s, max_concurrent_batches)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
-    _install_error_handlers(app)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
-
-    router = APIRouter()
-    _info_routes(s, router)
-    _predict_routes(s, router, len(describe.classes))
     app.include_router(router)
     return app
 

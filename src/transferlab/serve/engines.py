@@ -14,10 +14,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from transferlab.card import ModelCard
 from transferlab.errors import TransferlabError
-from transferlab.export import INPUT_NAME, OUTPUT_NAME, model_fingerprint
-from transferlab.predict import load_predictor
-from transferlab.runs import load_complete_run, read_json_object, read_model_card
+from transferlab.inference.export import INPUT_NAME, OUTPUT_NAME, model_fingerprint
+from transferlab.inference.predict import load_predictor
+from transferlab.runs import load_complete_run, open_run, read_json_object
 
 ENGINES = ("torch", "onnx")
 
@@ -37,9 +38,9 @@ class Predictor(Protocol):
         ...
 
 
-def model_meta(run_path: Path) -> dict:
+def model_card(run_path: Path) -> ModelCard:
     """model/model.json of a run to serve, checked by the one run reader (kind, classes, sizes)."""
-    return read_model_card(run_path)
+    return open_run(run_path).card
 
 
 def model_id(run_path: Path, fingerprint: str) -> str:
@@ -110,15 +111,15 @@ class OnnxEngine:
 
         path = Path(run_path)
         model_file = onnx_model_path(path)
-        meta = model_meta(path)
+        card = model_card(path)
         self.fingerprint = model_fingerprint(path)
         self.model_id = model_id(path, self.fingerprint)
-        self.classes = list(meta["classes"])
-        self.resolution = int(meta["resolution"])
-        self.interpolation = str(meta.get("interpolation", "bicubic"))
-        # Same arithmetic as FeatureExtractor.normalise: float32 (x - 255*mean) / (255*std).
-        self._mean = (np.asarray(meta["mean"], dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
-        self._std = (np.asarray(meta["std"], dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
+        self.classes = list(card.classes)
+        self.resolution = card.resolution
+        self.interpolation = card.interpolation
+        # Same arithmetic as data.transforms.normalise: float32 (x - 255*mean) / (255*std).
+        self._mean = (np.asarray(card.mean, dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
+        self._std = (np.asarray(card.std, dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1  # one batch at a time: the micro-batcher serialises calls
@@ -139,7 +140,7 @@ def check_engine(run_path: str | Path, engine: str) -> None:
     if engine not in ENGINES:
         raise TransferlabError(f"unknown engine '{engine}': choose from {', '.join(ENGINES)}")
     run = load_complete_run(run_path)
-    model_meta(run.path)
+    model_card(run.path)
     if engine == "onnx":
         onnx_model_path(run.path)
 

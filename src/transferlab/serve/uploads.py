@@ -20,18 +20,28 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from transferlab.data.images import ImageDecodeError, check_aspect
-from transferlab.features.extract import preprocess
+from transferlab.data.images import ACCEPTED_FORMATS, ImageDecodeError, check_aspect
+from transferlab.data.transforms import preprocess
 
 # Multipart framing per part (boundary, Content-Disposition, Content-Type): generous, so a
 # file of exactly the limit still fits in the body limit.
 PART_OVERHEAD = 16 * 1024
 # A part's own headers (Content-Disposition, Content-Type...) are small; more is not an upload.
 MAX_PART_HEADERS = 8 * 1024
-# Decoded PIL images hold up to 4 bytes a pixel (RGB is stored as RGBX); decoding and the RGB
-# conversion / EXIF turn make about two copies, resizing about two more of the resized size.
-_BYTES_PER_PIXEL = 4
-_COPIES = 2
+# Peak bytes per decoded pixel, by the mode PIL decodes to: the decoded image plus what
+# load_rgb's conversion to RGB makes of it (PIL stores RGB as RGBX, 4 bytes). Peak RSS of
+# decode_image with Pillow 13, images of 1000-3000 px a side: RGB 8, L and 1 6, P 10,
+# CMYK 12, 16-bit 17, 32-bit and float 21-24 (numpy rescales them in float32), alpha 24
+# (composited on white through RGBA copies); rounded up. tests/test_hostile_inputs.py
+# checks the estimate against the measured peak.
+_MODE_BYTES = {
+    "1": 8, "L": 8, "RGB": 8, "YCbCr": 8, "LAB": 8, "HSV": 8, "P": 12, "CMYK": 12,
+    "I;16": 18, "I;16L": 18, "I;16B": 18, "I;16N": 18, "I": 24, "F": 24,
+    "RGBA": 24, "RGBa": 24, "LA": 24, "La": 24, "PA": 24,
+}
+_UNKNOWN_MODE_BYTES = max(_MODE_BYTES.values())
+_FORMAT_EXTRA_BYTES = {"WEBP": 12}  # libwebp decodes into buffers of its own first: RGB peaks at 16-20
+_RESIZED_BYTES = 8  # the resized image is RGB, about two copies of it
 
 log = logging.getLogger("transferlab.serve")
 
@@ -193,13 +203,14 @@ def decode_cost(data: bytes, resolution: int) -> int:
     if not data:
         raise UploadError(400, "empty file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
             width, height = image.size
             if image.format == "JPEG":
                 # As load_rgb does: the JPEG decoder downscales by up to 8 while decoding; this
                 # only sets the size to be decoded, nothing is decoded yet.
                 image.draft("RGB", (resolution, resolution))
             decoded_pixels = image.size[0] * image.size[1]
+            per_pixel = _bytes_per_pixel(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(413, "image has too many pixels (decompression bomb guard)") from None
     except Exception:  # noqa: BLE001 - PIL raises many types on hostile headers
@@ -217,7 +228,13 @@ def decode_cost(data: bytes, resolution: int) -> int:
     # side grows (or shrinks) with it.
     scale = resolution / min(width, height)
     resized = max(resolution, round(width * scale)) * max(resolution, round(height * scale))
-    return _BYTES_PER_PIXEL * _COPIES * (decoded_pixels + resized)
+    return per_pixel * decoded_pixels + _RESIZED_BYTES * resized
+
+
+def _bytes_per_pixel(image: Image.Image) -> int:
+    """Peak bytes per decoded pixel of this image (header only): its mode's, plus its format's extra."""
+    mode = "RGBA" if image.mode == "P" and "transparency" in image.info else image.mode  # decoded as RGBA
+    return _MODE_BYTES.get(mode, _UNKNOWN_MODE_BYTES) + _FORMAT_EXTRA_BYTES.get(image.format or "", 0)
 
 
 # How a decoding failure is answered: the first reason prefix that matches wins.

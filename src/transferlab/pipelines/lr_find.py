@@ -38,14 +38,11 @@ from transferlab.finetune.data import (
 )
 from transferlab.finetune.lit import StageModule, epoch_seed
 from transferlab.finetune.progress import progress_callbacks
-from transferlab.finetune.train import (
-    FinetuneConfig,
-    class_weights_of,
-    first_trained_unit,
-    prepare_training,
-    quiet_lightning,
-)
-from transferlab.report.plots import _save, plt
+from transferlab.finetune.train import class_weights_of, first_trained_unit, quiet_lightning
+from transferlab.pipelines.finetune import TrainingSetup, prepare_training
+from transferlab.pipelines.finetune_config import FinetuneConfig
+from transferlab.plotting import plt
+from transferlab.plotting import save_figure as _save
 
 
 @dataclass
@@ -66,56 +63,10 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
         raise TransferlabError(f"the learning-rate range must satisfy 0 < min < max, got {min_lr} .. {max_lr}")
     if steps < 20:
         raise TransferlabError(f"--lr-find-steps must be at least 20 (the suggestion skips the first 10), got {steps}")
-    recipe = config.recipe
     setup = prepare_training(config)
-    net, stage, trainable = setup.net, setup.stages[0], setup.trainables[0]
-    store = load_images(setup.split.train, setup.resolution, setup.backbone.interpolation, config.workers,
-                        config.progress, "decoding train")
-    augmentation = build_batch_augmentation(recipe.augment, setup.resolution)
-    level = first_trained_unit(net, trainable)
-    if level > 0 and activation_bytes(net, store, level, 1) > MAX_CACHE_BYTES:
-        level = 0
-    if level > 0:
-        activations = cached_activations(net, store, level, augmentation, epoch_seed(recipe.seed, level, 10_000),
-                                         setup.precision, progress=config.progress,
-                                         desc=f"frozen units below {level}")
-        dataset = DrawDataset([activations], store.labels)
-    else:
-        dataset = TensorDataset(store.images, store.labels)
-    loader = training_loader(dataset, store.labels, recipe.batch_size, epoch_seed(recipe.seed, 0, 0),
-                             recipe.balance == "sampler", own_generator(recipe.seed))
-    class_weights = class_weights_of(store, len(setup.scan.classes)) if recipe.balance == "weights" else None
-    module = StageModule(net, recipe, stage, 0, trainable, level, class_weights,
-                         augment=augmentation if level == 0 else None)
-    module.loss_trace = []
-
-    quiet_lightning()
-    bars, show_bar = progress_callbacks(config.progress, "lr range test")
-    with tempfile.TemporaryDirectory(prefix="transferlab-lr-find-") as scratch:
-        trainer = L.Trainer(
-            max_epochs=math.ceil(steps / max(1, len(loader))) + 1,  # small folders: the test spans epochs
-            accelerator="cpu",
-            devices=1,
-            precision="bf16-mixed" if setup.precision == "bf16" else "32-true",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=show_bar,
-            callbacks=bars,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=scratch,
-        )
-        with warnings.catch_warnings():
-            for message in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*",
-                            ".*no `val_dataloader`.*", ".*LeafSpec.*"):
-                warnings.filterwarnings("ignore", message)
-            # The range test draws its own progress bar (on stderr) whatever the Trainer says:
-            # hidden wherever the Trainer's bars are.
-            with contextlib.nullcontext() if show_bar else contextlib.redirect_stderr(io.StringIO()):
-                # early_stop_threshold=None: Lightning's divergence check runs on its own
-                # mis-smoothed losses; the sweep is cut below, on ours.
-                finder = Tuner(trainer).lr_find(module, train_dataloaders=loader, min_lr=min_lr, max_lr=max_lr,
-                                                num_training=steps, update_attr=False, early_stop_threshold=None)
+    stage, trainable = setup.stages[0], setup.trainables[0]
+    module, loader, level = _first_stage(config, setup)
+    finder = _sweep(module, loader, setup.precision, config.progress, min_lr, max_lr, steps)
     # Lightning's own smoothed losses are biased low over the first few dozen steps (its bias
     # correction counts from global_step + 1, already 1 at the first point: the first value
     # is half the true loss); smooth the raw per-step losses instead.
@@ -137,6 +88,55 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
                         "cached_below_unit": level})
     plot = plot_lr_find(lrs, losses, suggestion, recipe_lr, out / "plots" / "lr_find.png")
     return LrFindResult(suggestion, lrs, losses, stage.train, recipe_lr, lr_field, record, plot)
+
+
+def _first_stage(config: FinetuneConfig, setup: TrainingSetup):
+    """The first stage's module and training loader (on cached activations when its lower units are frozen)."""
+    recipe, net, stage, trainable = config.recipe, setup.net, setup.stages[0], setup.trainables[0]
+    store = load_images(setup.split.train, setup.resolution, setup.backbone.interpolation, config.workers,
+                        config.progress, "decoding train")
+    augmentation = build_batch_augmentation(recipe.augment, setup.resolution)
+    level = first_trained_unit(net, trainable)
+    if level > 0 and activation_bytes(net, store, level, 1) > MAX_CACHE_BYTES:
+        level = 0
+    if level > 0:
+        activations = cached_activations(net, store, level, augmentation, epoch_seed(recipe.seed, level, 10_000),
+                                         setup.precision, progress=config.progress,
+                                         desc=f"frozen units below {level}")
+        dataset = DrawDataset([activations], store.labels)
+    else:
+        dataset = TensorDataset(store.images, store.labels)
+    loader = training_loader(dataset, store.labels, recipe.batch_size, epoch_seed(recipe.seed, 0, 0),
+                             recipe.balance == "sampler", own_generator(recipe.seed))
+    class_weights = class_weights_of(store, len(setup.scan.classes)) if recipe.balance == "weights" else None
+    module = StageModule(net, recipe, stage, 0, trainable, level, class_weights,
+                         augment=augmentation if level == 0 else None)
+    module.loss_trace = []
+    return module, loader, level
+
+
+def _sweep(module, loader, precision: str, progress: bool, min_lr: float, max_lr: float, steps: int):
+    """Lightning's range test over `steps` batches, its bars and warnings kept quiet."""
+    quiet_lightning()
+    bars, show_bar = progress_callbacks(progress, "lr range test")
+    with tempfile.TemporaryDirectory(prefix="transferlab-lr-find-") as scratch:
+        trainer = L.Trainer(
+            max_epochs=math.ceil(steps / max(1, len(loader))) + 1,  # small folders: the test spans epochs
+            accelerator="cpu", devices=1, precision="bf16-mixed" if precision == "bf16" else "32-true",
+            logger=False, enable_checkpointing=False, enable_progress_bar=show_bar, callbacks=bars,
+            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=scratch,
+        )
+        with warnings.catch_warnings():
+            for message in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*",
+                            ".*no `val_dataloader`.*", ".*LeafSpec.*"):
+                warnings.filterwarnings("ignore", message)
+            # The range test draws its own progress bar (on stderr) whatever the Trainer says:
+            # hidden wherever the Trainer's bars are.
+            with contextlib.nullcontext() if show_bar else contextlib.redirect_stderr(io.StringIO()):
+                # early_stop_threshold=None: Lightning's divergence check runs on its own
+                # mis-smoothed losses; the sweep is cut below, on ours.
+                return Tuner(trainer).lr_find(module, train_dataloaders=loader, min_lr=min_lr, max_lr=max_lr,
+                                              num_training=steps, update_attr=False, early_stop_threshold=None)
 
 
 # The first steps say little: the running mean has seen only a few batches.

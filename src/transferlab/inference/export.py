@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from transferlab.atomic import atomic_path, write_json
+from transferlab.card import ModelCard
 from transferlab.data.images import ImageDecodeError
+from transferlab.data.transforms import normalise, preprocess
 from transferlab.errors import TransferlabError
-from transferlab.features.extract import normalise, preprocess
-from transferlab.network import WithSoftmax
-from transferlab.run_network import RunNetwork, load_run_network
+from transferlab.inference.probe_network import WithSoftmax
+from transferlab.inference.run_network import RunNetwork, load_run_network
 from transferlab.runs import RunDir, load_complete_run
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -50,7 +51,7 @@ def model_fingerprint(run_path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _real_images(run: RunDir, meta: dict) -> torch.Tensor | None:
+def _real_images(run: RunDir, card: ModelCard) -> torch.Tensor | None:
     """A few of the run's own images (one per true class first), if they are still on disk."""
     table = run.path / "predictions.csv"
     if not table.is_file():
@@ -73,19 +74,19 @@ def _real_images(run: RunDir, meta: dict) -> torch.Tensor | None:
         if path is None:
             continue
         try:
-            images.append(preprocess(path, meta["resolution"], meta.get("interpolation", "bicubic")))
+            images.append(preprocess(path, card.resolution, card.interpolation))
         except ImageDecodeError:
             continue
     if not images:
         return None
-    return normalise(torch.stack(images), meta["mean"], meta["std"])
+    return normalise(torch.stack(images), card.mean, card.std)
 
 
-def _sample_inputs(run: RunDir, meta: dict) -> tuple[list[torch.Tensor], int]:
-    resolution = meta["resolution"]
+def _sample_inputs(run: RunDir, card: ModelCard) -> tuple[list[torch.Tensor], int]:
+    resolution = card.resolution
     generator = torch.Generator().manual_seed(SEED)
     samples = [torch.randn(n, 3, resolution, resolution, generator=generator) for n in RANDOM_BATCHES]
-    real = _real_images(run, meta)
+    real = _real_images(run, card)
     if real is not None:
         samples.append(real)
     return samples, 0 if real is None else len(real)
@@ -170,9 +171,9 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         raise TransferlabError(f"unknown export format '{fmt}': choose from {', '.join(FORMATS)}")
     run = load_complete_run(run_dir)
     loaded = load_run_network(run.path)  # TransferlabError for probe heads that are not linear
-    network = WithSoftmax(loaded.network, flip_tta=bool(loaded.meta.get("tta"))).eval()
-    resolution = loaded.meta["resolution"]
-    samples, n_real = _sample_inputs(run, loaded.meta)
+    network = WithSoftmax(loaded.network, flip_tta=loaded.card.tta).eval()
+    resolution = loaded.card.resolution
+    samples, n_real = _sample_inputs(run, loaded.card)
     target = Path(out) if out is not None else run.model_dir / FORMATS[fmt]
     export, load = _exporter(fmt)
     started = time.perf_counter()
@@ -204,14 +205,14 @@ def _record(run: RunDir, fmt: str, target: Path, check: dict, loaded: RunNetwork
         file_name = str(target.resolve().relative_to(run.path.resolve()))
     except ValueError:
         file_name = str(target.resolve())
-    meta = loaded.meta
+    card = loaded.card
     record[fmt] = {
         "file": file_name,
         "source_model": model_fingerprint(run.path),
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, meta["resolution"], meta["resolution"]],
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, card.resolution, card.resolution],
                   "dtype": "float32", "preprocess": "resize shorter side, centre crop, (x - 255*mean) / (255*std)",
-                  "interpolation": meta.get("interpolation"), "mean": meta["mean"], "std": meta["std"]},
-        "output": {"name": OUTPUT_NAME, "classes": meta["classes"]},
+                  "interpolation": card.interpolation, "mean": list(card.mean), "std": list(card.std)},
+        "output": {"name": OUTPUT_NAME, "classes": list(card.classes)},
         **check,
         "torch": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -5,23 +5,22 @@
 
 from __future__ import annotations
 
-import html
-import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import save_file
 
-from transferlab.atomic import atomic_path, write_json
+from transferlab.atomic import atomic_path
 from transferlab.backbones import Backbone, create_backbone
 from transferlab.backbones.registry import DEFAULT_BACKBONE
+from transferlab.card import ModelCard
 from transferlab.classifiers.heads import CLASSIFIERS, build_classifier, save_classifier
 from transferlab.data.folder import Sample
 from transferlab.data.layout import PreparedData, prepare_data
 from transferlab.data.split import save_split
 from transferlab.errors import TransferlabError
-from transferlab.evaluation import CamSource, SplitPredictions, evaluate_run
 from transferlab.explain.cam import target_layer
 from transferlab.features.cache import default_cache_root
 from transferlab.features.extract import (
@@ -31,14 +30,14 @@ from transferlab.features.extract import (
     extract_features,
 )
 from transferlab.features.layers import DEFAULT_LAYERS, POOLS, parse_layers
-from transferlab.features.resolution import choose_resolution
-from transferlab.insight.embed import embed
-from transferlab.network import build_probe_network
+from transferlab.features.resolution import resolve_resolution
+from transferlab.inference.probe_network import build_probe_network
+from transferlab.inference.probe_predictor import ProbeParts
 from transferlab.options import check_cache_dir, check_choice, check_file, check_folder, check_training_options
+from transferlab.pipelines.evaluation import CamSource, SplitPredictions
+from transferlab.pipelines.tail import RunEnd, RunResult, Timer, data_summary, finish_run
 from transferlab.precision import INFERENCE_PRECISION, resolve_precision
-from transferlab.predict import ProbeParts
 from transferlab.report.baseline import check_baseline_classes, load_baseline
-from transferlab.report.html import render_report
 from transferlab.runs import RunDir, check_out_folder
 
 
@@ -68,30 +67,6 @@ class ProbeConfig:
     error_grid: int = 12  # most confidently wrong images shown (with CAM); 0 skips
     embed: str = "pca,tsne"  # feature maps of the evaluated split in the report; "" skips
     progress: bool = True
-
-
-@dataclass
-class ProbeResult:
-    run_dir: Path
-    metrics: dict
-    summary: dict
-    warnings: list[str]
-    baseline_table: str | None
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._start = time.perf_counter()
-        self._phase_start = self._start
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.timings[phase] = round(now - self._phase_start, 3)
-        self._phase_start = now
-
-    def total(self) -> float:
-        return round(time.perf_counter() - self._start, 3)
 
 
 def _validate(config: ProbeConfig) -> None:
@@ -132,18 +107,14 @@ def _prepare(config: ProbeConfig) -> _Inputs:
     # Built once here only to refuse what cannot work (e.g. --grid with one image per class) before extraction.
     build_classifier(config.classifier, config.seed, config.ternary, config.grid, labels=[s.label for s in split.train])
     backbone = create_backbone(config.backbone, config.weights)
-    resolution, reason = (
-        (config.resolution, "set by the user")
-        if config.resolution
-        else choose_resolution([s.path for s in split.train], backbone.native_size)
-    )
+    resolution, reason = resolve_resolution(config.resolution, [s.path for s in split.train], backbone.native_size)
     settings = ExtractionSettings(resolution=resolution, layers=tuple(config.layers), pool=config.pool,
                                   batch_size=config.batch_size, workers=config.workers,
                                   precision=resolve_precision(config.precision))
     return _Inputs(data, backbone, settings, reason, baseline)
 
 
-def run_probe(config: ProbeConfig) -> ProbeResult:
+def run_probe(config: ProbeConfig) -> RunResult:
     inputs = _prepare(config)
     run = RunDir(config.out)
     run.start("probe")
@@ -151,98 +122,59 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
         return _probe(config, run, inputs)
 
 
-def _probe(config: ProbeConfig, run: RunDir, inputs: _Inputs) -> ProbeResult:
-    timer = _Timer()
-    scan, split, test_scan, backbone, settings = (inputs.data.scan, inputs.data.split, inputs.data.test_scan,
-                                                  inputs.backbone, inputs.settings)
-    resolution, resolution_reason, baseline = settings.resolution, inputs.resolution_reason, inputs.baseline
-    warnings: list[str] = list(inputs.data.notes)  # layout, empty classes, split warnings
-    save_split(split, run.path / "split.json", inputs.data.root)
+def _probe(config: ProbeConfig, run: RunDir, inputs: _Inputs) -> RunResult:
+    timer = Timer()
+    data, backbone, settings = inputs.data, inputs.backbone, inputs.settings
+    save_split(data.split, run.path / "split.json", data.root)
     timer.lap("scan")
-
-    groups: dict[str, list[Sample]] = {"train": split.train, "val": split.val}
-    if test_scan is not None:
-        groups["test"] = test_scan.samples
-    all_samples = [s for samples in groups.values() for s in samples]
+    groups: dict[str, list[Sample]] = {"train": data.split.train, "val": data.split.val}
+    if data.test_scan is not None:
+        groups["test"] = data.test_scan.samples
     cache_root = None if config.cache_dir == "" else (config.cache_dir or default_cache_root())
-    extraction = extract_features(backbone, [s.path for s in all_samples], settings, cache_root, config.progress)
+    extraction = extract_features(backbone, [s.path for samples in groups.values() for s in samples], settings,
+                                  cache_root, config.progress)
     timer.lap("extract")
-
     features, labels, paths = _assemble(groups, extraction)
-    skipped = [[str(p), r] for p, r in extraction.failures]
-    skipped += [[str(s.path), s.reason] for s in inputs.data.skipped]
-    run.write_csv("skipped.csv", ["path", "reason"], skipped)
-    if skipped:
-        warnings.append(f"{len(skipped)} files skipped (listed in {run.path / 'skipped.csv'})")
     if len(set(labels["train"].tolist())) < 2:
         raise TransferlabError(f"{config.data}: fewer than 2 classes left with readable training images")
-
     classifier = build_classifier(config.classifier, config.seed, config.ternary, config.grid, labels=labels["train"])
     classifier.fit(features["train"], labels["train"])
     timer.lap("fit")
 
-    splits = [
-        SplitPredictions(name, paths[name], labels[name], _probabilities(classifier, features[name], len(scan.classes)))
-        for name in groups if name != "train"
-    ]
-    cam, cam_unavailable = _cam_source(backbone, settings, classifier, scan.classes)
-    evaluation = evaluate_run(
-        run, scan.classes, splits, title=f"{config.backbone} + {config.classifier}", baseline=baseline,
-        baseline_name=config.baseline or "", cam=cam, cam_unavailable=cam_unavailable, error_grid=config.error_grid,
+    classes = data.scan.classes
+    splits = [SplitPredictions(name, paths[name], labels[name], _probabilities(classifier, features[name], len(classes)))
+              for name in groups if name != "train"]
+    cam, cam_unavailable = _cam_source(backbone, settings, classifier, classes)
+    skipped = [[str(p), r] for p, r in extraction.failures] + [[str(s.path), s.reason] for s in data.skipped]
+    end = RunEnd(
+        kind="probe", title=f"{config.backbone} + {config.classifier}",
+        report_title=f"transferlab probe: {data.scan.root.name}", classes=classes, splits=splits, skipped=skipped,
+        notes=list(data.notes), summary=_summary(config, inputs, extraction, labels, features["train"].shape[1],
+                                                 len(skipped)),
+        config=asdict(config) | {"resolution": settings.resolution, "precision": settings.precision},
+        card=_card(backbone, settings, classes), save_weights=partial(_save_weights, backbone, classifier),
+        seed=config.seed, cam=cam, cam_unavailable=cam_unavailable, baseline=inputs.baseline,
+        baseline_name=config.baseline or "", features=features, error_grid=config.error_grid, embed=config.embed,
     )
-    metrics = evaluation.metrics
-    warnings += evaluation.warnings
-    timer.lap("evaluate")
-    if config.embed.strip():
-        evaluated = splits[-1]
-        metrics["embedding"], section = _embed_section(config, run, backbone.name, evaluated, features[evaluated.name],
-                                                       scan.classes)
-        evaluation.sections.append(section)
-        timer.lap("embed")
+    return finish_run(run, end, timer)
 
-    _save_model(run, backbone, classifier, settings, scan.classes)
-    summary = {
-        "data": str(scan.root) + (" (pre-split: train/, val/ as given)" if inputs.data.layout == "pre-split" else ""),
-        **({"test": str(test_scan.root)} if test_scan else {}),
+
+def _summary(config: ProbeConfig, inputs: _Inputs, extraction, labels: dict, dims: int, n_skipped: int) -> dict:
+    data, backbone, settings = inputs.data, inputs.backbone, inputs.settings
+    return {
+        **data_summary(data),
         "backbone": f"{backbone.name} ({backbone.source} weights)",
         "classifier": config.classifier + (" + grid search" if config.grid else "")
         + (" + ternary features" if config.ternary else ""),
-        "layers": ", ".join(config.layers) + f" ({config.pool} pooled, {features['train'].shape[1]} dims)",
-        "resolution": f"{resolution}px ({resolution_reason})",
+        "layers": ", ".join(config.layers) + f" ({config.pool} pooled, {dims} dims)",
+        "resolution": f"{settings.resolution}px ({inputs.resolution_reason})",
         "precision": settings.precision,
-        "images": {g: int(len(labels[g])) for g in groups},
-        "skipped": len(skipped),
+        "images": {g: int(len(v)) for g, v in labels.items()},
+        "skipped": n_skipped,
         "features": f"{extraction.n_extracted} extracted, {extraction.n_cached} from cache"
         + (f" ({extraction.images_per_second:.0f} img/s)" if extraction.n_extracted else ""),
-        "classes": len(scan.classes),
+        "classes": len(data.scan.classes),
     }
-    metrics["timings"] = timer.timings
-    metrics["summary"] = summary
-    metrics["warnings"] = warnings
-    config_dict = asdict(config)
-    config_dict["resolution"] = resolution
-    config_dict["precision"] = settings.precision
-    run.write_config(config_dict)
-    write_json(run.path / "metrics.json", metrics)
-    render_report(run.path, title=f"transferlab probe: {scan.root.name}", summary=summary,
-                  sections=evaluation.sections)
-    timer.lap("report")
-    metrics["timings"]["total"] = timer.total()
-    write_json(run.path / "metrics.json", metrics)
-    run.finish("probe")
-    return ProbeResult(run.path, metrics, summary, warnings, evaluation.baseline_table)
-
-
-def _embed_section(config: ProbeConfig, run: RunDir, backbone_name: str, evaluated: SplitPredictions,
-                   features: np.ndarray, classes: list[str]) -> tuple[dict, tuple[str, str]]:
-    """Feature maps of the evaluated split for the report: metrics entry and HTML section."""
-    methods = tuple(m.strip() for m in config.embed.split(",") if m.strip())
-    mapped = embed(features, evaluated.labels, classes, evaluated.probabilities.argmax(axis=1), methods,
-                   config.seed, max_points=2000, out_dir=run.plots_dir, paths=evaluated.paths, n_outliers=12,
-                   title=f"{backbone_name} features ({evaluated.name})")
-    entry = {"split": evaluated.name, "silhouette": mapped.silhouette, "silhouette_mean": mapped.silhouette_mean,
-             "notes": mapped.notes}
-    return entry, (f"Feature map and outliers ({evaluated.name})", f"<pre>{html.escape(mapped.summary_text())}</pre>")
 
 
 def _assemble(groups: dict[str, list[Sample]], extraction) -> tuple[dict, dict, dict]:
@@ -264,7 +196,7 @@ def _assemble(groups: dict[str, list[Sample]], extraction) -> tuple[dict, dict, 
 
 def _cam_source(backbone: Backbone, settings: ExtractionSettings, classifier, classes: list[str]):
     """The probe as one network for CAM, or why it is not one (a non-linear head)."""
-    parts = ProbeParts({}, backbone, settings, classifier, classes)
+    parts = ProbeParts(_card(backbone, settings, classes), backbone, settings, classifier, classes)
     try:
         network = build_probe_network(parts)
     except TransferlabError as exc:
@@ -282,27 +214,16 @@ def _probabilities(classifier, features: np.ndarray, n_classes: int) -> np.ndarr
     return full
 
 
-def _save_model(run: RunDir, backbone: Backbone, classifier, settings: ExtractionSettings, classes: list[str]) -> None:
-    """Everything `predict` and `serve` need, with no pickle and no dependency on the data."""
+def _card(backbone: Backbone, settings: ExtractionSettings, classes: list[str]) -> ModelCard:
+    return ModelCard(kind="probe", classes=list(classes), backbone=backbone.name, resolution=settings.resolution,
+                     mean=backbone.mean, std=backbone.std, interpolation=backbone.interpolation,
+                     weights_source=backbone.source, weights_id=backbone.weights_id, precision=settings.precision,
+                     inference_precision=INFERENCE_PRECISION, layers=list(settings.layers), pool=settings.pool)
+
+
+def _save_weights(backbone: Backbone, classifier, model_dir: Path) -> None:
+    """Everything `predict` and `serve` need besides the card, with no pickle and no dependency on the data."""
     state = {k: v.contiguous() for k, v in backbone.model.state_dict().items()}
-    with atomic_path(run.model_dir / "backbone.safetensors") as tmp:  # ordinary permissions, never half-written
+    with atomic_path(model_dir / "backbone.safetensors") as tmp:  # ordinary permissions, never half-written
         save_file(state, str(tmp))
-    save_classifier(classifier, run.model_dir / "classifier.skops")
-    write_json(
-        run.model_dir / "model.json",
-        {
-            "kind": "probe",
-            "classes": classes,
-            "backbone": backbone.name,
-            "weights_source": backbone.source,
-            "weights_id": backbone.weights_id,
-            "resolution": settings.resolution,
-            "layers": list(settings.layers),
-            "pool": settings.pool,
-            "precision": settings.precision,
-            "inference_precision": INFERENCE_PRECISION,
-            "mean": list(backbone.mean),
-            "std": list(backbone.std),
-            "interpolation": backbone.interpolation,
-        },
-    )
+    save_classifier(classifier, model_dir / "classifier.skops")

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from transferlab.atomic import write_text
+from transferlab.data.transforms import preprocess
 from transferlab.errors import TransferlabError
 from transferlab.explain.cam import class_activation_maps
-from transferlab.features.extract import preprocess
 from transferlab.report.baseline import compare_to_baseline
 from transferlab.report.errors import (
     ErrorTile,

@@ -11,7 +11,7 @@ from torch import nn
 
 from transferlab.classifiers.linear import fold_linear_head
 from transferlab.features.extract import PooledFeatures
-from transferlab.predict import ProbeParts
+from transferlab.inference.probe_predictor import ProbeParts
 
 
 class ProbeNetwork(nn.Module):

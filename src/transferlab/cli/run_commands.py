@@ -1,0 +1,159 @@
+"""Commands on finished runs: predict, explain, compare, export, serve, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from transferlab.cli.app import app, console, err_console
+from transferlab.cli.output import csv_text
+from transferlab.errors import TransferlabError
+from transferlab.options import check_folder, check_int
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files, or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write every prediction to this CSV file "
+                                                                  "(path, predicted, probability, error, top-k).")] = None,
+):
+    """Classify images (files, or folders searched recursively) with a trained run.
+
+    Prints the top-k classes with probabilities; --csv also writes them to a file. Exit code 1
+    when some image could not be read (each is listed), 2 when a path does not exist.
+    """
+    check_int("--top-k", top_k, 1)
+    from transferlab.data.inputs import expand_inputs
+
+    paths = expand_inputs(images)
+    from transferlab.inference.predict import load_predictor, predictions_csv
+
+    predictor = load_predictor(run)
+    results = predictor.predict_paths(paths, top_k=top_k)
+    failed = 0
+    for result in results:
+        if result.error:
+            failed += 1
+            err_console.print(f"error: {result.error}", highlight=False, markup=False)
+        elif as_json:
+            print(json.dumps({"path": str(result.path), "top": [{"class": c, "p": round(p, 5)} for c, p in result.top]}))
+        else:
+            ranked = "  ".join(f"{c} {p:.3f}" for c, p in result.top)
+            console.print(f"{result.path}: {ranked}", highlight=False, markup=False)
+    if csv_out is not None:
+        from transferlab.atomic import write_text
+
+        write_text(csv_out, csv_text(["path", "predicted", "probability", "error", "top"], predictions_csv(results)))
+        err_console.print(f"{len(results)} predictions written to {csv_out}", highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (logistic-regression probe).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to explain.")],
+    method: Annotated[list[str], typer.Option(help="gradcam, gradcam++ or layercam; repeat for several.")] = ["gradcam", "gradcam++"],
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the overlays (default RUN/explain).")] = None,
+):
+    """Class-activation maps: where the model looks for its predicted class; overlays saved as PNG."""
+    from transferlab.explain.cam import CAM_METHODS
+    from transferlab.explain.run import RunExplainer
+
+    unknown = [m for m in method if m not in CAM_METHODS]
+    if unknown:
+        raise TransferlabError(f"unknown CAM method '{unknown[0]}': choose from {', '.join(CAM_METHODS)}")
+    out_dir = out or run / "explain"
+    failed = 0
+    for result in RunExplainer(run).explain_paths(images, out_dir, tuple(method)):
+        if result.error:
+            failed += 1
+            err_console.print(f"error: {result.error}", highlight=False, markup=False)
+            continue
+        files = ", ".join(str(p) for p in result.overlays.values())
+        console.print(f"{result.path}: {result.predicted} {result.probability:.3f} -> {files}", highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to put side by side.")],
+    html: Annotated[Path, typer.Option(help="Where to write the sortable HTML table.")] = Path("compare.html"),
+):
+    """One results table across runs: backbone, method, resolution, time, accuracy, macro F1, per-class F1."""
+    from transferlab.insight.compare import compare_runs
+
+    comparison = compare_runs(runs)
+    for warning in comparison.warnings:
+        err_console.print(f"warning: {warning}", highlight=False, markup=False)
+    typer.echo(comparison.table_text())
+    typer.echo(f"html: {comparison.write_html(html)}")
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (probe or fine-tuned).")],
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes (each loads the model once).")] = 1,
+    engine: Annotated[str, typer.Option(help="torch, or onnx (needs `transferlab export RUN --format onnx`).")] = "torch",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 10.0,
+    top_k: Annotated[int, typer.Option(help="Classes returned per image.")] = 3,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", help="Answer only requests with this Host header (repeatable; *.example.org works). "
+                               "Default: any host; see docs/serving.md for the reverse-proxy setup.")] = None,
+    max_concurrent_batches: Annotated[int, typer.Option(help="/predict/batch requests processed at once; more get "
+                                                             "503 + Retry-After.")] = 2,
+    decode_memory_mb: Annotated[float, typer.Option(help="Memory for decoding uploads at once, in MB; an image "
+                                                         "needing more gets 413.")] = 1024.0,
+):
+    """Serve a run over HTTP: an upload page at /, POST /predict, /predict/batch, /model, /health, /docs."""
+    check_int("--port", port, 1, 65535)
+    check_int("--workers", workers, 1, 64)
+    check_int("--top-k", top_k, 1)
+    if not 0 < max_upload_mb <= 1024:
+        raise TransferlabError(f"--max-upload-mb must be above 0 and at most 1024, got {max_upload_mb}")
+    check_int("--max-concurrent-batches", max_concurrent_batches, 1, 1024)
+    if not 16 <= decode_memory_mb <= 1024 * 1024:
+        raise TransferlabError(f"--decode-memory-mb must be between 16 and 1048576, got {decode_memory_mb}")
+    from transferlab.serve import serve as serve_run
+    from transferlab.serve.engines import check_engine
+
+    check_engine(run, engine)
+    console.print(f"serving {run} ({engine}) on http://{host}:{port}/", highlight=False)
+    serve_run(run, host=host, port=port, workers=workers, engine=engine,
+              max_upload_bytes=int(max_upload_mb * 1024 * 1024), top_k=top_k,
+              allowed_hosts=allowed_host or None, max_concurrent_batches=max_concurrent_batches,
+              decode_memory_bytes=int(decode_memory_mb * 1024 * 1024))
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (probe with a logistic-regression head, or fine-tuned).")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default RUN/model/model.onnx or model.pt).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest allowed difference from PyTorch's probabilities.")] = 1e-4,
+):
+    """Export the whole model (normalised image -> probabilities), checked against PyTorch before it is kept."""
+    from transferlab.inference.export import export_run
+
+    path = export_run(run, format, out, tolerance)
+    record = json.loads((Path(run) / "model" / "export.json").read_text(encoding="utf-8")).get(format, {})
+    console.print(f"{format}: {path} (parity: max abs difference {record.get('max_abs_diff', float('nan')):.2g} "
+                  f"<= {tolerance:g})", highlight=False)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A finished run folder.")],
+):
+    """Rebuild report.html from the run folder alone (metrics.json, plots/, skipped.csv, report.json)."""
+    check_folder(run, "run folder")
+    from transferlab.report.html import render_report
+    from transferlab.runs import load_complete_run
+
+    path = render_report(load_complete_run(run).path)
+    console.print(f"report: {path}", highlight=False)

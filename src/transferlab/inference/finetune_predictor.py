@@ -1,0 +1,39 @@
+"""A fine-tuned run's model: one network (safetensors), for inference. No Lightning here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.backbones import create_architecture
+from transferlab.backbones.weights import load_safetensors_into
+from transferlab.card import ModelCard
+from transferlab.errors import TransferlabError
+from transferlab.finetune.head import check_head
+from transferlab.finetune.network import FinetuneNet, predict_probabilities
+from transferlab.inference.predictor import Predictor
+from transferlab.runs import open_run
+
+
+def load_finetune_net(run_path: str | Path) -> tuple[FinetuneNet, ModelCard]:
+    run = open_run(run_path)
+    card, where = run.card, str(run.model_dir / "model.json")
+    if card.kind != "finetune":
+        raise TransferlabError(f"{run.path}: model kind '{card.kind}' is not a fine-tuned network")
+    check_head(card.head, where)
+    net = FinetuneNet(create_architecture(card.backbone), len(card.classes), card.head, card.mean, card.std)
+    load_safetensors_into(net, run.model_dir / "network.safetensors")
+    return net.eval(), card
+
+
+class FinetunePredictor(Predictor):
+    def __init__(self, run_path: str | Path):
+        self.net, self.card = load_finetune_net(run_path)
+        self.classes = list(self.card.classes)
+        self.resolution = self.card.resolution
+        self.interpolation = self.card.interpolation
+
+    def predict_tensor(self, images_uint8: torch.Tensor) -> np.ndarray:
+        return predict_probabilities(self.net, images_uint8, self.card.inference_precision, self.card.tta)
