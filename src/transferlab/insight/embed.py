@@ -31,7 +31,7 @@ from transferlab.features.extract import (
     extract_features,
 )
 from transferlab.features.layers import DEFAULT_LAYERS, parse_layers
-from transferlab.features.resolution import choose_resolution
+from transferlab.features.resolution import resolve_resolution
 from transferlab.insight.feature_maps import EmbedResult, embed  # embed: re-exported, as before the split
 from transferlab.insight.map_methods import METHOD_TITLES, METHODS, check_methods  # noqa: F401  (re-exported)
 from transferlab.insight.transferability import resolve_cache_root
@@ -249,9 +249,7 @@ def embed_data(
     samples = _limit_per_class(scan.samples, settings.per_class, settings.seed)
     model = create_backbone(settings.backbone, settings.weights)
     paths = [s.path for s in samples]
-    resolution = settings.resolution
-    if resolution is None:
-        resolution, _ = choose_resolution(paths, model.native_size)
+    resolution, _ = resolve_resolution(settings.resolution, paths, model.native_size)
     extraction = ExtractionSettings(resolution=resolution, layers=tuple(settings.layers), pool=settings.pool,
                                     precision=resolve_precision(settings.precision), batch_size=settings.batch_size,
                                     workers=default_workers() if settings.workers is None else settings.workers)

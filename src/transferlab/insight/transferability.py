@@ -26,7 +26,7 @@ from transferlab.features.extract import (
     extract_features,
 )
 from transferlab.features.layers import DEFAULT_LAYERS, stage_indices
-from transferlab.features.resolution import choose_resolution
+from transferlab.features.resolution import resolve_resolution
 from transferlab.insight.estimates import (  # noqa: F401  (re-exported: the public names of this module)
     IMAGENET_CLASSES,
     imagenet_label_names,
@@ -173,12 +173,7 @@ def _rank_one(name: str, train_paths: list[Path], train_labels: np.ndarray, clas
               resolution: int | str | None, settings: dict, cache_root, progress: bool, notes: list[str]) -> RankRow:
     start = time.perf_counter()
     backbone = create_backbone(name)
-    if resolution == "native":
-        res, reason = backbone.native_size, f"native {backbone.native_size}px (asked for native)"
-    elif resolution:
-        res, reason = int(resolution), "set by the user"
-    else:
-        res, reason = choose_resolution(train_paths, backbone.native_size)
+    res, reason = resolve_resolution(resolution or None, train_paths, backbone.native_size)
     extraction_settings = ExtractionSettings(resolution=res, layers=RANK_LAYERS, **settings)
     extraction = extract_features(backbone, train_paths, extraction_settings, cache_root, progress)
     if extraction.failures:
