@@ -134,8 +134,8 @@ def train_stage(ctx: StageContext, stage: Stage, index: int, trainable: list[str
             warnings.filterwarnings("ignore", message)
         # weights_only=True, explicitly: Lightning's default (None) lets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
         # turn the restore into a full unpickling of whatever last.ckpt holds.
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None,
-                    weights_only=True)
+        resume_path = str(resume_from) if resume_from else None
+        trainer.fit(module, train_loader, val_loader, weights_only=True, ckpt_path=resume_path)
     best_path = checkpoint.best_model_path or str(last)
     epochs_run, best_score = trainer.current_epoch, checkpoint.best_model_score
     if recipe.processes > 1:
