@@ -227,8 +227,9 @@ def write_section(args, run_label: str, run: Path, meta: dict, n_images: int, re
         f"- date: {now()}",
         f"- machine: {machine_line(info)}",
         (f"- run: {run_label}; {meta['backbone']} at {meta['resolution']} px, layers {', '.join(meta['layers'])}, "
-         f"{len(meta['classes'])} classes; the torch engine runs at the run's precision ({meta['precision']}), "
-         "ONNX Runtime in fp32 (intra-op threads = torch's, no spin-waiting)"),
+         f"{len(meta['classes'])} classes; the torch engine runs at the run's inference precision "
+         f"({meta.get('inference_precision', meta['precision'])}), ONNX Runtime in fp32 (intra-op threads = torch's, "
+         "no spin-waiting)"),
         (f"- load: {args.clients} concurrent clients (httpx, async, keep-alive), each POSTing one of {n_images} real "
          f"images to `/predict` back to back for {args.seconds:.0f} s per round, after a 3 s warm-up; server: "
          "`serve(run, host='127.0.0.1', engine=...)` in its own process (one uvicorn worker, micro-batching up to "
