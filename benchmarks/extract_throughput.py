@@ -37,29 +37,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import (
-        DATA_DEFAULT,
-        PLAIN_EXTRACT,
-        command_line,
-        fmt,
-        machine_info,
-        machine_line,
-        md_table,
-        now,
-        update_section,
-    )
+    from _common import (DATA_DEFAULT, PLAIN_EXTRACT, command_line, fmt, machine_info, machine_line, md_table,
+                         now, update_section)
 else:
-    from ._common import (
-        DATA_DEFAULT,
-        PLAIN_EXTRACT,
-        command_line,
-        fmt,
-        machine_info,
-        machine_line,
-        md_table,
-        now,
-        update_section,
-    )
+    from ._common import (DATA_DEFAULT, PLAIN_EXTRACT, command_line, fmt, machine_info, machine_line, md_table,
+                          now, update_section)
 
 
 def log(msg: str) -> None:

@@ -24,16 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import DATA_DEFAULT, REPO_ROOT, command_line, machine_info, machine_line, md_table, now, update_section
 else:
-    from ._common import (
-        DATA_DEFAULT,
-        REPO_ROOT,
-        command_line,
-        machine_info,
-        machine_line,
-        md_table,
-        now,
-        update_section,
-    )
+    from ._common import DATA_DEFAULT, REPO_ROOT, command_line, machine_info, machine_line, md_table, now, update_section
 
 PLAIN_FINETUNE = "/work/shared/bench/plain_finetune.py"
 

@@ -36,31 +36,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import (
-        BASELINE_DEFAULT,
-        DATA_DEFAULT,
-        REPO_ROOT,
-        command_line,
-        fmt,
-        machine_info,
-        machine_line,
-        md_table,
-        now,
-        update_section,
-    )
+    from _common import (BASELINE_DEFAULT, DATA_DEFAULT, REPO_ROOT, command_line, fmt, machine_info,
+                         machine_line, md_table, now, update_section)
 else:
-    from ._common import (
-        BASELINE_DEFAULT,
-        DATA_DEFAULT,
-        REPO_ROOT,
-        command_line,
-        fmt,
-        machine_info,
-        machine_line,
-        md_table,
-        now,
-        update_section,
-    )
+    from ._common import (BASELINE_DEFAULT, DATA_DEFAULT, REPO_ROOT, command_line, fmt, machine_info,
+                          machine_line, md_table, now, update_section)
 
 TARGET_COLD_S = 360.0
 TARGET_ACC = 0.92

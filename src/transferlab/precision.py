@@ -28,8 +28,3 @@ def resolve_precision(requested: str) -> str:
 # 0.922 to 0.940 between `explain` and `predict`, and ONNX Runtime has no bf16 on CPU. One
 # policy, recorded in model.json as "inference_precision", gives one answer everywhere.
 INFERENCE_PRECISION = "fp32"
-
-
-def inference_precision(card: dict) -> str:
-    value = card.get("inference_precision", INFERENCE_PRECISION)
-    return value if value in ("fp32", "bf16") else INFERENCE_PRECISION

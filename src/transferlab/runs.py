@@ -28,8 +28,8 @@ from typing import Iterator
 
 from transferlab import __version__
 from transferlab.atomic import write_json, write_text
-from transferlab.card import ModelCard
-from transferlab.errors import TransferlabError
+from transferlab.card import MODEL_KINDS, ModelCard
+from transferlab.errors import TransferlabError, one_line
 from transferlab.safe_yaml import dump_yaml
 
 ARTIFACTS = (
@@ -137,7 +137,6 @@ def check_out_folder(path: str | Path) -> None:
                            "refusing to write into it: choose a new or empty --out")
 
 
-RUN_KINDS = ("probe", "finetune")
 RUN_STATUSES = ("running", "complete", "failed", "interrupted")
 
 
@@ -146,15 +145,7 @@ def _is_run_status(path: Path) -> bool:
         status = read_json_object(path, "run status")
     except TransferlabError:
         return False
-    return status.get("kind") in RUN_KINDS and status.get("status") in RUN_STATUSES and "version" in status
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type (unless it is ours) and its message, newlines folded."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, TransferlabError):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return status.get("kind") in MODEL_KINDS and status.get("status") in RUN_STATUSES and "version" in status
 
 
 # Run-folder JSON files are small; a larger one is a mistake or an attack (a sparse 8 GiB

@@ -37,7 +37,7 @@ from transferlab.classifiers.small_data import (
 )
 from transferlab.classifiers.structure import check_head
 from transferlab.classifiers.ternary import TernaryDiscretizer
-from transferlab.errors import TransferlabError
+from transferlab.errors import TransferlabError, one_line
 
 FOLDS = 3
 
@@ -122,11 +122,6 @@ def save_classifier(pipeline: Pipeline, path: str | os.PathLike) -> None:
         check_sizes(tmp, path)  # a head too large for load_classifier is refused now, not at predict time
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {ascii(text[0])[1:-1]}" if text else type(exc).__name__
-
-
 def load_classifier(path: str | os.PathLike) -> Pipeline:
     """Load a head saved by `save_classifier`, refusing anything such a head would not be.
 
@@ -143,11 +138,11 @@ def load_classifier(path: str | os.PathLike) -> Pipeline:
     try:
         loaded = skops.io.load(io.BytesIO(checked.data), trusted=checked.type_names)
     except Exception as exc:  # noqa: BLE001 - skops, numpy, scikit-learn raise many types on hostile data
-        raise TransferlabError(f"{file}: cannot load classifier ({_first_line(exc)})") from None
+        raise TransferlabError(f"{file}: cannot load classifier ({one_line(exc)})") from None
     try:
         check_head(loaded)
     except Refused as exc:
         raise TransferlabError(f"{file}: refusing the classifier: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a missing or mistyped fitted attribute
-        raise TransferlabError(f"{file}: not a fitted transferlab head ({_first_line(exc)})") from None
+        raise TransferlabError(f"{file}: not a fitted transferlab head ({one_line(exc)})") from None
     return loaded

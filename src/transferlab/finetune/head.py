@@ -9,7 +9,6 @@ added to the loss by `penalty()`, Keras-style, rather than folded into weight de
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from transferlab.errors import TransferlabError
+from transferlab.finetune.values import finite_number
 
 MAX_UNITS = 16384  # a wider dense layer is a typo (or a hostile model.json asking for gigabytes)
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": nn.Identity}
@@ -36,7 +36,7 @@ def _batchnorm(layer: dict, width: int, where: str) -> Built:
 
 
 def _dropout(layer: dict, width: int, where: str) -> Built:
-    p = _number(layer, "p", 0.5, where)
+    p = finite_number(where, "p", layer.get("p", 0.5))
     if not 0 <= p < 1:
         raise TransferlabError(f"{where}: dropout p must be in [0, 1), got {p}")
     return [nn.Dropout(p)], width, None
@@ -50,7 +50,7 @@ def _dense(layer: dict, width: int, where: str) -> Built:
     units = layer.get("units", 0)
     if isinstance(units, bool) or not isinstance(units, int) or not 1 <= units <= MAX_UNITS:
         raise TransferlabError(f"{where}: dense needs whole-number units in 1..{MAX_UNITS}, got {units!r}")
-    l1, l2 = _number(layer, "l1", 0.0, where), _number(layer, "l2", 0.0, where)
+    l1, l2 = finite_number(where, "l1", layer.get("l1", 0.0)), finite_number(where, "l2", layer.get("l2", 0.0))
     if l1 < 0 or l2 < 0:
         raise TransferlabError(f"{where}: l1/l2 must be 0 or more")
     dense = nn.Linear(width, units)  # drawn before the activation: the seeded weights stay as they were
@@ -122,18 +122,6 @@ def _build_layer(layer: dict, width: int, where: str) -> Built:
     if unknown:
         raise TransferlabError(f"{where}: unknown key '{min(map(str, unknown))}' for {kind}")
     return layer_type.build(layer, width, where)
-
-
-def _number(layer: dict, key: str, default: float, where: str) -> float:
-    value = layer.get(key, default)
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as text
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TransferlabError(f"{where}: {key} must be a number, got {value!r}")
-    return float(value)
 
 
 def _activation(name: str, where: str) -> nn.Module:

@@ -13,13 +13,13 @@ Stage presets: head-only, fine_tune, from-block:K, gradual:N, three-step.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferlab.errors import TransferlabError
+from transferlab.finetune.values import finite_number
 from transferlab.options import MAX_BATCH_SIZE, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, PRECISION_CHOICES
 from transferlab.safe_yaml import read_yaml_file, short_repr
 
@@ -42,20 +42,6 @@ def _int(where: str, name: str, value, low: int, high: int | None = None, option
         bound = f"between {low} and {high}" if high is not None else "0 or more" if low == 0 else f"at least {low}"
         raise TransferlabError(f"{where}: {name} must be {bound}, got {value}")
     return value
-
-
-def _number(where: str, name: str, value, optional: bool = False) -> float | None:
-    """A finite number. YAML 1.1 reads `1e-3` (no dot) as a string: accept what float() reads."""
-    if value is None and optional:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TransferlabError(f"{where}: {name} must be a number, got {short_repr(value)}")
-    return float(value)
 
 
 def _choice(where: str, name: str, value, choices: tuple[str, ...]) -> str:
@@ -93,13 +79,13 @@ class Stage:
             raise TransferlabError(f"{where}: train must name groups (e.g. head, all, blocks.5-6,head), "
                                    f"got {short_repr(self.train)}")
         _int(where, "epochs", self.epochs, 1)
-        self.lr = _number(where, "lr", self.lr)
-        self.head_lr = _number(where, "head_lr", self.head_lr, optional=True)
+        self.lr = finite_number(where, "lr", self.lr)
+        self.head_lr = finite_number(where, "head_lr", self.head_lr, optional=True)
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise TransferlabError(f"{where}: {name} must be positive, got {value}")
-        self.layer_decay = _number(where, "layer_decay", self.layer_decay, optional=True)
+        self.layer_decay = finite_number(where, "layer_decay", self.layer_decay, optional=True)
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise TransferlabError(f"{where}: layer_decay must be in (0, 1], got {self.layer_decay}")
         _int(where, "patience", self.patience, 0)
@@ -143,7 +129,7 @@ class Recipe:
         _choice(where, "precision", self.precision, PRECISION_CHOICES)
         _int(where, "batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         _int(where, "seed", self.seed, 0, MAX_SEED)
-        self.val_fraction = _number(where, "val_fraction", self.val_fraction)
+        self.val_fraction = finite_number(where, "val_fraction", self.val_fraction)
         if not 0 < self.val_fraction < 1:
             raise TransferlabError(f"{where}: val_fraction must be between 0 and 1 (exclusive), "
                                    f"got {self.val_fraction}")
@@ -151,18 +137,18 @@ class Recipe:
         self._validate_training(where)
         self._validate_parts(where)
         _int(where, "epochs", self.epochs, 1, optional=True)
-        self.lr = _number(where, "lr", self.lr, optional=True)
+        self.lr = finite_number(where, "lr", self.lr, optional=True)
         if self.lr is not None and not self.lr > 0:
             raise TransferlabError(f"{where}: lr must be positive, got {self.lr}")
 
     def _validate_training(self, where: str) -> None:
         _choice(where, "optimizer", self.optimizer, OPTIMIZERS)
         _choice(where, "balance", self.balance, BALANCE)
-        self.label_smoothing = _number(where, "label_smoothing", self.label_smoothing)
+        self.label_smoothing = finite_number(where, "label_smoothing", self.label_smoothing)
         if not 0 <= self.label_smoothing < 1:
             raise TransferlabError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
         for name in ("weight_decay", "mixup", "cutmix"):
-            value = _number(where, name, getattr(self, name))
+            value = finite_number(where, name, getattr(self, name))
             if value < 0:
                 raise TransferlabError(f"{where}: {name} must be 0 or more, got {value}")
             setattr(self, name, value)

@@ -17,7 +17,7 @@ from pathlib import Path, PurePath
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from transferlab.errors import TransferlabError
+from transferlab.errors import TransferlabError, one_line
 from transferlab.finetune.curves import METRICS_FILE, stage_log_dir
 from transferlab.safe_yaml import short_repr
 
@@ -33,11 +33,6 @@ STAGE_FILES = ("best.ckpt", "last.ckpt")
 _PATH_FIELDS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def _typed(record: dict, fields: dict, where: str) -> None:
     for name, types in fields.items():
         value = record.get(name)
@@ -50,7 +45,7 @@ def read_state(path: Path) -> dict:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TransferlabError(f"{path}: unreadable fine-tune state ({_first_line(exc)})") from None
+        raise TransferlabError(f"{path}: unreadable fine-tune state ({one_line(exc)})") from None
     if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
         raise TransferlabError(f"{path}: not a fine-tune state (no fingerprint)")
     _typed(state["fingerprint"], _FINGERPRINT_FIELDS, str(path))
@@ -201,13 +196,13 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         regular = stat.S_ISREG(os.stat(file).st_mode)  # a FIFO would block torch.load forever
     except (OSError, ValueError) as exc:
-        raise TransferlabError(f"{file}: not a checkpoint this run wrote ({_first_line(exc)})") from None
+        raise TransferlabError(f"{file}: not a checkpoint this run wrote ({one_line(exc)})") from None
     if not regular:
         raise TransferlabError(f"{file}: not a checkpoint this run wrote (not a regular file)")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - an unpickling refusal, a truncated zip, not a torch file at all
-        raise TransferlabError(f"{file}: not a checkpoint this run wrote ({_first_line(exc)})") from None
+        raise TransferlabError(f"{file}: not a checkpoint this run wrote ({one_line(exc)})") from None
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TransferlabError(f"{file}: not a checkpoint this run wrote (no state_dict of tensors)")

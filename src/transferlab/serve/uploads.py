@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from transferlab.data.images import ACCEPTED_FORMATS, ImageDecodeError, check_aspect
 from transferlab.data.transforms import preprocess
+from transferlab.errors import one_line
 
 # Multipart framing per part (boundary, Content-Disposition, Content-Type): generous, so a
 # file of exactly the limit still fits in the body limit.
@@ -262,9 +263,4 @@ def decode_image(data: bytes, resolution: int, interpolation: str) -> np.ndarray
     except MemoryError:
         raise UploadError(413, "image too large to decode in this server's memory") from None
     except Exception as exc:  # noqa: BLE001 - PIL, numpy and torch raise many types on hostile data
-        raise UploadError(422, f"cannot decode: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = (str(exc).splitlines() or [""])[0].strip() or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        raise UploadError(422, f"cannot decode: {one_line(exc, limit=200, with_type=False)}") from None
