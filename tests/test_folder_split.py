@@ -740,3 +740,21 @@ def test_folder_links_are_listed_not_followed(tmp_path):
     assert reasons == {"cat/loop": "link to a folder: not followed",
                        "again": "link back into the data folder: not a class",
                        "kitten": "link back into the data folder: not a class"}
+
+
+def test_train_per_class_keeps_validation_and_nests(tmp_path):
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", per_class=12, size=24)
+    full = prepare_data(root, seed=3).split
+    small, smaller = (prepare_data(root, seed=3, train_per_class=n).split for n in (6, 3))
+    assert [s.path for s in small.val] == [s.path for s in full.val]  # the same validation images
+    assert [s.path for s in smaller.val] == [s.path for s in full.val]
+    assert set(Counter(s.label for s in small.train).values()) == {6}
+    assert set(Counter(s.label for s in smaller.train).values()) == {3}
+    assert {s.path for s in smaller.train} < {s.path for s in small.train} < {s.path for s in full.train}
+    assert prepare_data(root, seed=3, per_class=6).split.val != full.val  # per_class shrinks validation too
+    with pytest.raises(TransferlabError, match="training images per class must be a whole number of at least 1"):
+        prepare_data(root, train_per_class=0)
+    save_split(small, tmp_path / "split.json", root)
+    assert load_split(tmp_path / "split.json")["train_limit"] == 6

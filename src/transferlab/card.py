@@ -20,7 +20,8 @@ CARD_VERSION = 2
 MODEL_KINDS = ("probe", "finetune")
 INFERENCE_PRECISIONS = ("fp32", "bf16")
 # Fields that belong to one kind of run only: a card omits the other kind's.
-_KIND_FIELDS = {"probe": ("layers", "pool"), "finetune": ("head", "tta")}
+_KIND_FIELDS = {"probe": ("layers", "pool"), "finetune": ("head", "tta", "cut_after")}
+MAX_GROUP_NAME = 200  # a block group name ("blocks.4", "layer3"); longer is not a name but an attack
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ModelCard:
     pool: str = "avg"  # probe
     head: list[dict] = field(default_factory=list)  # finetune: the head spec
     tta: bool = False  # finetune: flip test-time augmentation
+    # finetune: the backbone was cut after this block group (`transferlab prune`); None: the whole
+    # backbone. Loaders check it names a group the architecture can be cut after.
+    cut_after: str | None = None
     version: int = CARD_VERSION
 
     def to_dict(self) -> dict:
@@ -51,6 +55,8 @@ class ModelCard:
         other = "finetune" if self.kind == "probe" else "probe"
         for name in _KIND_FIELDS[other]:
             data.pop(name)
+        if data.get("cut_after", "") is None:
+            data.pop("cut_after")  # an uncut network's card reads as it did before pruning existed
         return data
 
     def write(self, model_dir: Path) -> None:
@@ -102,6 +108,10 @@ def _check_optional(values: dict, where: str) -> None:
                  where, "head", "a list of layers")
     if "tta" in values:
         _require(isinstance(values["tta"], bool), where, "tta", "true or false")
+    if values.get("cut_after") is not None:
+        cut = values["cut_after"]
+        _require(values["kind"] == "finetune" and isinstance(cut, str) and 0 < len(cut) <= MAX_GROUP_NAME
+                 and cut.isprintable(), where, "cut_after", "a block group name (fine-tuned runs only)")
     if values["kind"] == "probe":
         _require(bool(values.get("layers")), where, "layers", "a non-empty list for a probe")
 

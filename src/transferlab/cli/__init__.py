@@ -5,6 +5,8 @@ in the order `--help` lists them: data first, then training, then finished runs.
 # isort: off
 from transferlab.cli import data_commands  # noqa: F401  (registers backbones, doctor, rank, embed)
 from transferlab.cli import train_commands  # noqa: F401  (registers probe, finetune, demo)
+from transferlab.cli import study_commands  # noqa: F401  (registers study)
+from transferlab.cli import search_commands  # noqa: F401  (registers search)
 from transferlab.cli import run_commands  # noqa: F401  (registers predict, explain, compare, serve, export, report)
 # isort: on
 from transferlab.cli.app import app, main

@@ -117,19 +117,27 @@ def rank(
 
 @app.command()
 def embed(
-    source: Annotated[Path, typer.Argument(help="A run folder, or an image folder (then --out is needed).")],
+    source: Annotated[Path, typer.Argument(help="A run folder (probe; or fine-tuned: its penultimate features), "
+                                                "or an image folder (then --out is needed).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the run's plots/).")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone for an image folder.")] = "tf_efficientnet_lite0",
     methods: Annotated[str, typer.Option(help="Comma-separated: pca, umap, tsne (UMAP compiles on first use).")] = "pca,umap,tsne",
     max_points: Annotated[int, typer.Option(help="Above this, a seeded random subset is mapped.")] = 5000,
     seed: Annotated[int, typer.Option(help="Seed for subsampling and the maps.")] = 0,
+    three_d: Annotated[bool, typer.Option("--3d", help="Also write embed_3d.html, an interactive 3-D view that works "
+                                                       "offline (needs the '3d' extra: pip install "
+                                                       "'transferlab[3d]').")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
-    """Maps of the features (PCA, UMAP, t-SNE) by class, prediction and error; per-class silhouette; outliers."""
+    """Maps of the features (PCA, UMAP, t-SNE) by class, prediction and error; per-class silhouette; outliers.
+
+    A probe run's features are its pooled layers; a fine-tuned run's, its network's penultimate
+    features (the head's input). --3d adds a self-contained interactive 3-D view beside the maps.
+    """
     from transferlab.insight.embed import EmbedSettings, FolderEmbedSettings, embed_data, embed_run
 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    common = {"methods": chosen, "seed": seed, "max_points": max_points, "progress": not quiet}
+    common = {"methods": chosen, "seed": seed, "max_points": max_points, "progress": not quiet, "three_d": three_d}
     if (source / "run.json").is_file():
         result = embed_run(source, EmbedSettings(**common))
     else:

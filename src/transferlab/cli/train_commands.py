@@ -30,7 +30,12 @@ def probe(
                                               "or train/ val/ [test/] folders (used as they are).")],
     test: Annotated[Optional[Path], typer.Option(help="Separate test folder with the same class subfolders.")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone name (see `transferlab backbones`).")] = "tf_efficientnet_lite0",
-    weights: Annotated[Optional[str], typer.Option(help="Weights file (safetensors or state dict), or 'random'.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Weights file (safetensors or state dict; also a fine-tuned "
+                                                        "network: a run's model/network.safetensors or a stage's "
+                                                        "best.ckpt), or 'random'.")] = None,
+    from_run: Annotated[Optional[Path], typer.Option(
+        "--from-run", help="A fine-tuned run: features from its network (backbone, weights and resolution from the "
+                           "run; leave --backbone and --weights out).")] = None,
     classifier: Annotated[str, typer.Option(help=f"One of {', '.join(CLASSIFIERS)}.")] = "logreg",
     grid: Annotated[bool, typer.Option(help="Small cross-validated grid over the classifier's main parameter.")] = False,
     ternary: Annotated[bool, typer.Option(help="Ternary-discretise features (full-network embedding).")] = False,
@@ -42,6 +47,8 @@ def probe(
     workers: Annotated[Optional[int], typer.Option(help="Decoding worker processes (default suits the CPU count).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Fraction of each class held out for validation.")] = 0.2,
     per_class: Annotated[Optional[int], typer.Option(help="Use at most N images per class (small-data regime).")] = None,
+    train_per_class: Annotated[Optional[int], typer.Option(help="Train on at most N images per class; validation "
+                                                                "stays the same (a learning curve's points).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split and the classifier.")] = 0,
     baseline: Annotated[Optional[Path], typer.Option(help="CSV with columns class,f1 to compare per class against.")] = None,
     baseline_partial: Annotated[bool, typer.Option(help="Accept a baseline that names only some of the classes "
@@ -51,18 +58,22 @@ def probe(
     cache_dir: Annotated[Optional[str], typer.Option(help="Feature cache folder ('' disables; default ~/.cache/transferlab).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
-    """Pretrained features + a classical classifier: train, evaluate, compare with a baseline, report.
+    """Pretrained (or, with --from-run, fine-tuned) features + a classical classifier: train, evaluate, compare
+    with a baseline, report.
 
     Writes a run folder with metrics.json, predictions.csv, skipped.csv, plots, the model and report.html.
     """
-    run_dir = out or Path("runs") / f"{Path(data).resolve().name}-{backbone}-{classifier}"
+    features_from = f"{from_run.resolve().name}-finetuned" if from_run else backbone
+    run_dir = out or Path("runs") / f"{Path(data).resolve().name}-{features_from}-{classifier}"
     # Cheap checks first: a typo should not cost the seconds it takes to import torch.
     check_folder(data)
+    check_folder(from_run, "fine-tuned run")
     check_folder(test, "test folder")
     check_file(baseline, "baseline CSV")
     check_file(exclude, "exclude list")
     check_training_options(seed=seed, resolution=resolution, batch_size=batch_size, workers=workers,
                            val_fraction=val_fraction, per_class=per_class, precision=precision)
+    check_int("--train-per-class", train_per_class, 1)
     check_cache_dir(cache_dir)
     check_out_folder(run_dir)
 
@@ -71,10 +82,11 @@ def probe(
 
     config = ProbeConfig(
         data=str(data), out=str(run_dir), test=str(test) if test else None, backbone=backbone, weights=weights,
+        from_run=str(from_run) if from_run else None,
         classifier=classifier, grid=grid, ternary=ternary, layers=layers.split(","), pool=pool,
         resolution=resolution, precision=precision, batch_size=batch_size,
         workers=default_workers() if workers is None else workers, val_fraction=val_fraction,
-        per_class=per_class, seed=seed, baseline=str(baseline) if baseline else None,
+        per_class=per_class, train_per_class=train_per_class, seed=seed, baseline=str(baseline) if baseline else None,
         baseline_partial=baseline_partial, exclude=str(exclude) if exclude else None, cache_dir=cache_dir,
         progress=not quiet,
     )
@@ -97,6 +109,8 @@ def finetune(
     precision: Annotated[Optional[str], typer.Option(help=f"{', '.join(PRECISION_CHOICES)}.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help="Use at most N images per class (small-data regime).")] = None,
+    train_per_class: Annotated[Optional[int], typer.Option(help="Train on at most N images per class; validation "
+                                                                "stays the same.")] = None,
     tta: Annotated[Optional[bool], typer.Option(help="Average predictions with the horizontally flipped image.")] = None,
     processes: Annotated[Optional[int], typer.Option(help="Train with N processes (Lightning DDP, gloo on CPU).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for split, augmentation and initialisation.")] = None,
@@ -119,7 +133,7 @@ def finetune(
     """
     overrides = {"backbone": backbone, "stages": stages, "augment": augment, "resolution": resolution,
                  "precision": precision, "batch_size": batch_size, "tta": tta, "processes": processes, "seed": seed,
-                 "epochs": epochs, "lr": lr, "per_class": per_class}
+                 "epochs": epochs, "lr": lr, "per_class": per_class, "train_per_class": train_per_class}
     if lr_find_steps is not None and not find_lr:
         raise TransferlabError("--lr-find-steps goes with --find-lr")
     if resume is not None:
@@ -135,6 +149,7 @@ def finetune(
     check_training_options(seed=seed, resolution=resolution, batch_size=batch_size, per_class=per_class,
                            precision=precision)
     check_int("--epochs", epochs, 1)
+    check_int("--train-per-class", train_per_class, 1)
     check_int("--processes", processes, 1, 64)
     if lr is not None and not lr > 0:
         raise TransferlabError(f"--lr must be above 0, got {lr}")

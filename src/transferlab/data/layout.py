@@ -190,14 +190,16 @@ def prepare_data(
     seed: int = 0,
     per_class: int | None = None,
     exclude: str | os.PathLike | None = None,
+    train_per_class: int | None = None,
 ) -> PreparedData:
     """Scan `data` (either layout) and `test`, apply the exclude list, and split train/validation.
 
     Class folders: a stratified, seeded split that keeps byte-identical copies on one side.
     Pre-split: train/ and val/ as given; `per_class` then subsamples train/ only (seeded), so
     the validation set stays the one the folder defines, and `val_fraction` is not used.
+    `train_per_class` limits the training images per class and leaves validation as it is.
     """
-    check_split_settings(val_fraction, per_class)
+    check_split_settings(val_fraction, per_class, train_per_class)
     scanned = scan_data(data, test, exclude)
     data_scan = scanned.data
     notes = scanned.notes + data_scan.warnings
@@ -205,10 +207,11 @@ def prepare_data(
         notes += [f"test: {warning}" for warning in scanned.test.warnings]
     if scanned.val is None:
         keys = duplicate_keys(s.path for s in data_scan.samples)
-        split = stratified_split(data_scan, val_fraction, seed, per_class, group_of=keys)
+        split = stratified_split(data_scan, val_fraction, seed, per_class, group_of=keys, train_limit=train_per_class)
         notes += _duplicate_notes(keys, data_scan)
     else:
-        split = _given_split(scanned, seed, per_class)
+        split = _given_split(scanned, seed, min((n for n in (per_class, train_per_class) if n is not None),
+                                                default=None))
         notes += _leak_notes(scanned)
     return PreparedData(scanned.layout.root, data_scan, split, scanned.test, notes + split.warnings,
                         "pre-split" if scanned.layout.pre_split else "class folders")

@@ -27,6 +27,9 @@ class Split:
     val_fraction: float
     per_class_limit: int | None
     warnings: list[str]
+    # At most this many *training* images per class, the validation set left as it is: the
+    # points of a learning curve are then scored on the same images (and nest: 25 of 50 of 100).
+    train_limit: int | None = None
 
 
 def _by_class(samples: list[Sample]) -> dict[int, list[Sample]]:
@@ -36,12 +39,15 @@ def _by_class(samples: list[Sample]) -> dict[int, list[Sample]]:
     return groups
 
 
-def check_split_settings(val_fraction: float, per_class_limit: int | None) -> None:
+def check_split_settings(val_fraction: float, per_class_limit: int | None, train_limit: int | None = None) -> None:
     """One-line errors for bad split settings, before anything slow runs."""
     if not 0.0 < val_fraction < 1.0:
         raise TransferlabError(f"val fraction must be between 0 and 1, got {val_fraction}")
     if per_class_limit is not None and per_class_limit < 2:
         raise TransferlabError(f"per-class limit must be at least 2, got {per_class_limit}")
+    if train_limit is not None and (isinstance(train_limit, bool) or not isinstance(train_limit, int)
+                                    or train_limit < 1):
+        raise TransferlabError(f"training images per class must be a whole number of at least 1, got {train_limit}")
 
 
 def require_two_classes(scan: FolderScan) -> None:
@@ -59,6 +65,7 @@ def stratified_split(
     seed: int = 0,
     per_class_limit: int | None = None,
     group_of: Mapping[Path, Hashable] | None = None,
+    train_limit: int | None = None,
 ) -> Split:
     """Split each class separately so both sides keep the class proportions.
 
@@ -68,8 +75,10 @@ def stratified_split(
     `group_of` gives files that must stay together (copies of one image) the same key: each
     group goes wholly to train or wholly to validation, across classes too. Without groups
     the split is exactly the one earlier versions made for the same seed.
+    `train_limit` then keeps at most that many training images per class (the first in the
+    seeded order, so a smaller limit keeps a subset of a larger one); validation is unchanged.
     """
-    check_split_settings(val_fraction, per_class_limit)
+    check_split_settings(val_fraction, per_class_limit, train_limit)
     require_two_classes(scan)
     rng = random.Random(seed)
     side_of_group: dict[Hashable, bool] = {}  # group key -> goes to validation
@@ -84,6 +93,8 @@ def stratified_split(
         count = sum(len(unit) for unit in units)
         target = 0 if count < 2 else min(max(1, round(count * val_fraction)), count - 1)
         class_val, class_train = _assign(units, target, count, side_of_group, group_of or {})
+        if train_limit is not None:
+            class_train = class_train[:train_limit]
         val.extend(class_val)
         train.extend(class_train)
         name = scan.classes[label]
@@ -92,7 +103,7 @@ def stratified_split(
         elif not class_val:
             warnings.append(f"class '{name}': its {count} images are copies of one another: all kept for training,"
                             " none for validation")
-    return Split(scan.classes, train, val, seed, val_fraction, per_class_limit, warnings)
+    return Split(scan.classes, train, val, seed, val_fraction, per_class_limit, warnings, train_limit)
 
 
 def _units(samples: list[Sample], group_of: Mapping[Path, Hashable]) -> list[list[Sample]]:
@@ -161,6 +172,7 @@ def save_split(split: Split, path: str | os.PathLike, root: Path) -> None:
             "seed": split.seed,
             "val_fraction": split.val_fraction,
             "per_class_limit": split.per_class_limit,
+            "train_limit": split.train_limit,
             "classes": split.classes,
             "train": [rel(s) for s in split.train],
             "val": [rel(s) for s in split.val],

@@ -2,6 +2,9 @@
 
 Decoding and resizing run in DataLoader workers; the network runs in inference mode,
 channels-last, optionally under bf16 autocast. Unreadable images are skipped and listed.
+`extract_with` runs any extractor of the same surface (`FeatureExtractor`'s: settings, name,
+interpolation, cache_key, a call on uint8 batches), e.g. a fine-tuned network's penultimate
+features, with the same decoding, caching and skipping.
 """
 
 from __future__ import annotations
@@ -118,6 +121,14 @@ class FeatureExtractor:
         backbone.model.eval().to(memory_format=torch.channels_last)
         self.network = PooledFeatures(backbone, settings.layers, settings.pool)
 
+    @property
+    def name(self) -> str:
+        return self.backbone.name
+
+    @property
+    def interpolation(self) -> str:
+        return self.backbone.interpolation
+
     def cache_key(self) -> dict:
         s = self.settings
         return {
@@ -179,8 +190,17 @@ def extract_features(
     progress: bool = True,
 ) -> ExtractionResult:
     """Features for every readable image in `paths`, from the cache where possible."""
+    return extract_with(FeatureExtractor(backbone, settings), paths, cache_root, progress)
+
+
+def extract_with(
+    extractor: FeatureExtractor,
+    paths: list[Path],
+    cache_root: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ExtractionResult:
+    """`extract_features` for any extractor with FeatureExtractor's surface; its cache_key keys the cache."""
     start = time.perf_counter()
-    extractor = FeatureExtractor(backbone, settings)
     cache = FeatureCache(cache_root, extractor.cache_key()) if cache_root is not None else None
     digests, unreadable = _digests(paths, progress)
     cached_rows, cached_failures = cache.load() if cache else ({}, {})
@@ -232,7 +252,7 @@ def _extract_missing(
     todo_paths = [paths[todo[d]] for d in digests]
     settings = extractor.settings
     loader = DataLoader(
-        ImageList(todo_paths, settings.resolution, extractor.backbone.interpolation),
+        ImageList(todo_paths, settings.resolution, extractor.interpolation),
         batch_size=settings.batch_size,
         num_workers=settings.workers,
         collate_fn=collate_images,
@@ -249,7 +269,7 @@ def _extract_missing(
         pending_rows.clear()
         pending_failures.clear()
 
-    bar = tqdm(total=len(todo_paths), desc=f"features {extractor.backbone.name}@{settings.resolution}px",
+    bar = tqdm(total=len(todo_paths), desc=f"features {extractor.name}@{settings.resolution}px",
                unit="img", disable=not progress)
     for images, indices, errors in loader:
         features = extractor(images)

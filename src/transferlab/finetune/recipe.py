@@ -103,6 +103,7 @@ class Recipe:
     seed: int = 0
     val_fraction: float = 0.2
     per_class: int | None = None
+    train_per_class: int | None = None  # at most N training images per class; validation unchanged
     head: list[dict] = field(default_factory=lambda: [{"type": "dropout", "p": 0.2}])
     optimizer: str = "adamw"
     weight_decay: float = 0.01
@@ -134,6 +135,7 @@ class Recipe:
             raise TransferlabError(f"{where}: val_fraction must be between 0 and 1 (exclusive), "
                                    f"got {self.val_fraction}")
         _int(where, "per_class", self.per_class, 2, optional=True)
+        _int(where, "train_per_class", self.train_per_class, 1, optional=True)
         self._validate_training(where)
         self._validate_parts(where)
         _int(where, "epochs", self.epochs, 1, optional=True)

@@ -12,6 +12,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -61,6 +62,7 @@ class StageContext:
     progress: bool = True
     mlflow_uri: str | None = None
     activation_cache: dict = field(default_factory=dict)  # level -> (train draws, val activations)
+    extra_callbacks: Callable[[int], list] | None = None  # stage index -> more Lightning callbacks
 
 
 def class_weights_of(store: ImageStore, n_classes: int) -> torch.Tensor:
@@ -124,8 +126,9 @@ def train_stage(ctx: StageContext, stage: Stage, index: int, trainable: list[str
     last = checkpoint_dir / "last.ckpt"
     if resume_from is not None:
         keep_partial_log(stage_log_dir(ctx.run_path / "logs", index + 1))
+    extra = ctx.extra_callbacks(index) if ctx.extra_callbacks is not None else []
     trainer = _trainer(ctx, stage, index, [EarlyStopping(monitor="val_loss", mode="min", patience=stage.patience),
-                                           checkpoint, latest])
+                                           checkpoint, latest, *extra])
     with warnings.catch_warnings():
         # Expected here: frozen units sit in eval mode, data is in memory (no workers needed).
         for message in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*",

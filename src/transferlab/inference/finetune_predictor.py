@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from transferlab.backbones import create_architecture
+from transferlab.backbones.cut import cut_backbone
 from transferlab.backbones.weights import load_safetensors_into
 from transferlab.card import ModelCard
 from transferlab.errors import TransferlabError
@@ -23,7 +24,10 @@ def load_finetune_net(run_path: str | Path) -> tuple[FinetuneNet, ModelCard]:
     if card.kind != "finetune":
         raise TransferlabError(f"{run.path}: model kind '{card.kind}' is not a fine-tuned network")
     check_head(card.head, where)
-    net = FinetuneNet(create_architecture(card.backbone), len(card.classes), card.head, card.mean, card.std)
+    model = create_architecture(card.backbone)
+    if card.cut_after is not None:  # a pruned run: the same cut before its weights load
+        cut_backbone(model, card.cut_after, f"{where}: field 'cut_after'")
+    net = FinetuneNet(model, len(card.classes), card.head, card.mean, card.std)
     load_safetensors_into(net, run.model_dir / "network.safetensors")
     return net.eval(), card
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transferlab.errors import TransferlabError
 from transferlab.insight.runinfo import RunInfo, read_run
+from transferlab.insight.study_runs import read_variant_file
 from transferlab.report.pages import write_page
 from transferlab.report.text import text_table
 
@@ -30,6 +31,7 @@ class CompareRow:
     per_class: dict[str, float]  # class -> F1 on `split`
     beats: int | None  # classes with F1 above the baseline, when the run had one
     of: int | None
+    variant: str | None = None  # the study variant the run belongs to (its variant.json), e.g. "augment=none"
 
 
 @dataclass
@@ -43,11 +45,20 @@ class Comparison:
         header = ["run", "backbone", "method", "px", "time s", "split", "accuracy", "macro F1", "beats"]
         body = [[r.run, r.backbone, r.method, _fmt(r.resolution), _fmt(r.seconds, 1), r.split, _fmt(r.accuracy, 4),
                  _fmt(r.macro_f1, 4), _beats(r)] for r in self.rows]
+        if self.has_variants:  # runs of a study: which setting each one varied
+            header.insert(1, "variant")
+            for row, r in zip(body, self.rows):
+                row.insert(1, r.variant or MISSING)
         class_header = ["class"] + [r.run for r in self.rows]
         class_body = [[name] + [_fmt(r.per_class.get(name), 4) for r in self.rows] for name in self.classes]
-        parts = [text_table(header, body, left=3), "", "per-class F1:", text_table(class_header, class_body, left=1)]
+        table = text_table(header, body, left=4 if self.has_variants else 3)
+        parts = [table, "", "per-class F1:", text_table(class_header, class_body, left=1)]
         parts += [f"warning: {w}" for w in self.warnings]
         return "\n".join(parts)
+
+    @property
+    def has_variants(self) -> bool:
+        return any(r.variant is not None for r in self.rows)
 
     def to_dict(self) -> dict:
         return {
@@ -148,13 +159,24 @@ def compare_runs(run_dirs: list[str | os.PathLike]) -> Comparison:
     infos = [read_run(p) for p in paths]
     rows = [_row(info, name) for info, name in zip(infos, _names(infos))]
     classes = list(dict.fromkeys(c for r in rows for c in r.per_class))
-    return Comparison(rows, classes, _warnings(rows, classes))
+    variant_warnings = [_read_variant(row) for row in rows]
+    return Comparison(rows, classes, _warnings(rows, classes) + [w for w in variant_warnings if w])
+
+
+def _read_variant(row: CompareRow) -> str | None:
+    """Fill row.variant from the run's variant.json; a bad file is a warning (the run still compares)."""
+    try:
+        variant = read_variant_file(row.path)
+    except TransferlabError as exc:
+        return f"{exc} (variant not shown)"
+    row.variant = variant["variant"] if variant else None
+    return None
 
 
 # --------------------------------------------------------------------------- HTML
 
 # Text columns: left-aligned, never 'best'. Every other column holds numbers.
-TEXT_COLUMNS = ("run", "backbone", "method", "split")
+TEXT_COLUMNS = ("run", "variant", "backbone", "method", "split")
 
 
 def _columns(comparison: Comparison) -> list[tuple[str, bool | None, list]]:
@@ -162,6 +184,7 @@ def _columns(comparison: Comparison) -> list[tuple[str, bool | None, list]]:
     rows = comparison.rows
     columns: list[tuple[str, bool | None, list]] = [
         ("run", None, [r.run for r in rows]),
+        *([("variant", None, [r.variant or MISSING for r in rows])] if comparison.has_variants else []),
         ("backbone", None, [r.backbone for r in rows]),
         ("method", None, [r.method for r in rows]),
         ("px", None, [r.resolution for r in rows]),  # a setting, not a score: no 'best'

@@ -1,10 +1,12 @@
-"""Feature-space maps of a probe run or an image folder (`transferlab embed`).
+"""Feature-space maps of a run or an image folder (`transferlab embed`).
 
-`embed_run` reads a probe run (its split, model settings and predictions; features from the
-cache) and `embed_data` a plain image folder; both hand the features to `embed`
-(insight.feature_maps), re-exported here with its result type. What to draw and how to read
-features is one settings object: `EmbedSettings`, or `FolderEmbedSettings` for a folder,
-which adds the backbone and extraction settings a run already records.
+`embed_run` reads a run (its split, model settings and predictions): a probe's pooled
+features, or a fine-tuned network's penultimate features (the head's input), both through
+the feature cache; `embed_data` reads a plain image folder. Both hand the features to `embed`
+(insight.feature_maps), re-exported here with its result type, and with `three_d` also write
+the interactive 3-D view (insight.embed3d). What to draw and how to read features is one
+settings object: `EmbedSettings`, or `FolderEmbedSettings` for a folder, which adds the
+backbone and extraction settings a run already records.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from transferlab.atomic import write_json
 from transferlab.backbones import Backbone, create_backbone
-from transferlab.backbones.registry import DEFAULT_BACKBONE
+from transferlab.backbones.registry import DEFAULT_BACKBONE, state_digest
 from transferlab.card import ModelCard
 from transferlab.data.folder import Sample
 from transferlab.data.layout import scan_data
@@ -27,11 +30,16 @@ from transferlab.data.split import load_split
 from transferlab.errors import TransferlabError
 from transferlab.features.extract import (
     ExtractionSettings,
+    FeatureExtractor,
     default_workers,
-    extract_features,
+    extract_with,
 )
 from transferlab.features.layers import DEFAULT_LAYERS, parse_layers
 from transferlab.features.resolution import resolve_resolution
+from transferlab.finetune.network import FinetuneNet, pooled_features
+from transferlab.inference.finetune_predictor import load_finetune_net
+from transferlab.insight.embed3d import FILE_NAME as HTML_3D
+from transferlab.insight.embed3d import require_plotly, write_3d_view
 from transferlab.insight.feature_maps import EmbedResult, embed  # embed: re-exported, as before the split
 from transferlab.insight.map_methods import METHOD_TITLES, METHODS, check_methods  # noqa: F401  (re-exported)
 from transferlab.insight.transferability import resolve_cache_root
@@ -53,10 +61,15 @@ class EmbedSettings:
     batch_size: int = 64
     workers: int | None = None  # None: a default for this machine
     progress: bool = True
+    three_d: bool = False  # also the interactive 3-D view (needs the optional extra "3d": plotly)
 
     def __post_init__(self) -> None:
         # Checked when built, before minutes of feature extraction rather than after them.
         object.__setattr__(self, "methods", check_methods(self.methods))
+        if not isinstance(self.three_d, bool):
+            raise TransferlabError(f"three_d must be true or false, got {self.three_d!r}")
+        if self.three_d:
+            require_plotly()
         for name, least in (("max_points", 1), ("n_outliers", 0), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -167,22 +180,66 @@ def _run_backbone(run_dir: Path, card: ModelCard, notes: list[str]) -> Backbone:
     return backbone
 
 
+class PenultimateExtractor:
+    """A fine-tuned network's penultimate features (the head's input: its pooled backbone
+    features, what the run's own report maps), with FeatureExtractor's surface so that
+    `extract_with` decodes, caches and skips images as it does for a probe."""
+
+    def __init__(self, net: FinetuneNet, card: ModelCard, settings: ExtractionSettings):
+        self.net = net.float().eval()
+        self.card = card
+        self.settings = settings
+        self.name = card.backbone
+        self.interpolation = card.interpolation
+        self._weights = state_digest(net)
+
+    def cache_key(self) -> dict:
+        s = self.settings
+        return {"features": "finetuned-penultimate", "backbone": self.name, "weights": self._weights,
+                "resolution": s.resolution, "mean": self.card.mean, "std": self.card.std,
+                "interpolation": self.interpolation, "precision": s.precision}
+
+    def __call__(self, images_uint8: torch.Tensor):
+        return pooled_features(self.net, images_uint8, self.settings.precision, batch_size=self.settings.batch_size)
+
+
+def _probe_extractor(run_dir: Path, card: ModelCard, settings: EmbedSettings, notes: list[str]) -> FeatureExtractor:
+    backbone = _run_backbone(run_dir, card, notes)
+    return FeatureExtractor(backbone, _run_extraction(card, card.layers, card.pool, settings))
+
+
+def _finetune_extractor(run_dir: Path, card: ModelCard, settings: EmbedSettings,
+                        notes: list[str]) -> PenultimateExtractor:
+    net, card = load_finetune_net(run_dir)  # safetensors, checked against the card
+    notes.append("penultimate features: the fine-tuned network's pooled backbone output (the head's input)")
+    return PenultimateExtractor(net, card, _run_extraction(card, ("head",), "avg", settings))
+
+
+def _run_extraction(card: ModelCard, layers, pool: str, settings: EmbedSettings) -> ExtractionSettings:
+    return ExtractionSettings(resolution=card.resolution, layers=tuple(layers), pool=pool, precision=card.precision,
+                              batch_size=settings.batch_size,
+                              workers=default_workers() if settings.workers is None else settings.workers)
+
+
+# Run kind -> what reads its features: a probe's pooled layers, a fine-tuned network's penultimate layer.
+RUN_EXTRACTORS = {"probe": _probe_extractor, "finetune": _finetune_extractor}
+
+
 def embed_run(
     run_dir: str | os.PathLike,
     settings: EmbedSettings = EmbedSettings(),
     *,
     splits: tuple[str, ...] | None = None,
 ) -> EmbedResult:
-    """Maps of a finished probe run's images, written to `run_dir/plots/embed_*`.
+    """Maps of a finished run's images, written to `run_dir/plots/embed_*`.
 
-    Features come from the cache with the run's own backbone weights, layers, pooling,
-    resolution and precision (model/model.json); predictions from predictions.csv (the
-    training images have none). `splits` limits the images, e.g. ("val",).
+    A probe run's features come from the cache with its own backbone weights, layers, pooling,
+    resolution and precision (model/model.json); a fine-tuned run's are its network's
+    penultimate features. Predictions come from predictions.csv (the training images have
+    none). `splits` limits the images, e.g. ("val",).
     """
     run = open_run(run_dir)
     card = run.card
-    if card.kind != "probe":
-        raise TransferlabError(f"{run.path}: a '{card.kind}' run; embed reads probe runs")
     classes = list(card.classes)
     images = _run_images(run.path, classes)
     if splits is not None:
@@ -190,22 +247,18 @@ def embed_run(
         if not images.paths:
             raise TransferlabError(f"{run.path}: no images in split(s) {', '.join(splits)}")
     notes: list[str] = []
-    backbone = _run_backbone(run.path, card, notes)
-    extraction = ExtractionSettings(resolution=card.resolution, layers=tuple(card.layers), pool=card.pool,
-                                    precision=card.precision, batch_size=settings.batch_size,
-                                    workers=default_workers() if settings.workers is None else settings.workers)
-    return _embed_extracted(backbone, images, classes, extraction, settings, notes, out_dir=run.plots_dir,
-                            title=f"{run.path.name} ({card.backbone})")
+    extractor = RUN_EXTRACTORS[card.kind](run.path, card, settings, notes)
+    kind = " fine-tuned" if card.kind == "finetune" else ""
+    return _embed_extracted(extractor, images, classes, settings, notes, out_dir=run.plots_dir,
+                            title=f"{run.path.name} ({card.backbone}{kind})")
 
 
 # --------------------------------------------------------------------------- features, then maps
 
 
-def _embed_extracted(backbone: Backbone, images: _Images, classes: list[str], extraction_settings: ExtractionSettings,
-                     settings: EmbedSettings, notes: list[str], *, out_dir: str | os.PathLike,
-                     title: str) -> EmbedResult:
-    extraction = extract_features(backbone, images.paths, extraction_settings, resolve_cache_root(settings.cache_dir),
-                                  settings.progress)
+def _embed_extracted(extractor, images: _Images, classes: list[str], settings: EmbedSettings, notes: list[str], *,
+                     out_dir: str | os.PathLike, title: str) -> EmbedResult:
+    extraction = extract_with(extractor, images.paths, resolve_cache_root(settings.cache_dir), settings.progress)
     if extraction.failures:
         notes.append(f"{len(extraction.failures)} unreadable images left out")
     if not extraction.ok_indices:
@@ -217,6 +270,13 @@ def _embed_extracted(backbone: Backbone, images: _Images, classes: list[str], ex
                    methods=settings.methods, seed=settings.seed, max_points=settings.max_points,
                    out_dir=out_dir, paths=ok.paths, n_outliers=settings.n_outliers, title=title)
     result.notes[:0] = notes
+    if settings.three_d:
+        drawn = result.indices  # the maps' points (a seeded subset above max_points)
+        page = write_3d_view(extraction.features[drawn], np.asarray(ok.labels)[drawn], classes,
+                             Path(out_dir) / HTML_3D, predictions=np.asarray(ok.predictions)[drawn],
+                             paths=[ok.paths[i] for i in drawn], splits=[ok.splits[i] for i in drawn],
+                             title=title, seed=settings.seed)
+        result.html = [page] + [p for p in result.html if Path(p) != page]
     write_json(Path(out_dir) / "embed.json", result.to_dict())
     return result
 
@@ -256,5 +316,5 @@ def embed_data(
     notes = [f"{settings.backbone} at {resolution}px, layers {', '.join(extraction.layers)} ({settings.pool} pooled)"]
     # No run, so no predictions: -1 for every image.
     images = _Images(paths, [s.label for s in samples], [-1] * len(paths), ["data"] * len(paths))
-    return _embed_extracted(model, images, scan.classes, extraction, settings, notes, out_dir=out_dir,
-                            title=f"{scan.root.name} ({settings.backbone})")
+    return _embed_extracted(FeatureExtractor(model, extraction), images, scan.classes, settings, notes,
+                            out_dir=out_dir, title=f"{scan.root.name} ({settings.backbone})")

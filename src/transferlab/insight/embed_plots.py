@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
@@ -15,7 +14,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from transferlab.atomic import write_text
 from transferlab.data.images import ImageDecodeError, load_rgb
 from transferlab.plotting import label as _label
 from transferlab.plotting import literal as _literal
@@ -129,30 +127,3 @@ def plot_outlier_grid(outliers: list[dict], path: str | os.PathLike, *, columns:
         return _save(fig, path)
     finally:
         plt.close(fig)
-
-
-def plotly_available() -> bool:
-    return importlib.util.find_spec("plotly") is not None
-
-
-def write_3d_html(xyz: np.ndarray, labels: np.ndarray, classes: list[str], path: str | os.PathLike, *,
-                  title: str, hover: list[str] | None = None) -> Path:
-    """Interactive 3-D scatter, plotly.js inlined so the page works offline. Needs plotly installed."""
-    import plotly.graph_objects as go  # only imported where present; not a dependency
-
-    colours = class_colours(len(classes))
-    fig = go.Figure()
-    for index, name in enumerate(classes):
-        mask = labels == index
-        if not mask.any():
-            continue
-        r, g, b = (int(255 * c) for c in colours[index][:3])
-        fig.add_trace(go.Scatter3d(
-            x=xyz[mask, 0], y=xyz[mask, 1], z=xyz[mask, 2], mode="markers", name=name,
-            marker={"size": 2.5, "color": f"rgb({r},{g},{b})"},
-            text=[hover[i] for i in np.flatnonzero(mask)] if hover else None,
-        ))
-    fig.update_layout(title=title, legend={"itemsizing": "constant"})
-    target = Path(path)
-    write_text(target, fig.to_html(include_plotlyjs=True, full_html=True))
-    return target

@@ -114,8 +114,8 @@ def embed(
     `predictions`: predicted class index per image, -1 where there is none (e.g. training
     images). Above `max_points` images a seeded random subset is drawn for maps and
     silhouettes (outliers always use every image). Files go to `out_dir` as
-    `{prefix}_{method}.png`, `{prefix}_outliers.png` (needs `paths`), `{prefix}_3d.html`
-    (only where plotly is installed) and `{prefix}.json`.
+    `{prefix}_{method}.png`, `{prefix}_outliers.png` (needs `paths`) and `{prefix}.json`
+    (the interactive 3-D view is `embed --3d`'s, insight.embed3d: only when asked for).
     """
     methods = check_methods(methods)
     x, y, p = _validate(features, labels, classes, predictions, paths, methods)
@@ -133,10 +133,8 @@ def embed(
         outlier_plot = embed_plots.plot_outlier_grid(found, out / f"{prefix}_outliers.png")
     elif found:
         notes.append("no outlier thumbnails: image paths were not given")
-    hover = [str(paths[i]) for i in indices] if paths is not None else None
-    html = _three_d(drawn, out / f"{prefix}_3d.html", hover, notes)
     result = EmbedResult(coords, indices, plots, silhouette, silhouette_mean, message, found, outlier_plot,
-                         html, notes)
+                         [], notes)
     write_json(out / f"{prefix}.json", result.to_dict())
     return result
 
@@ -180,16 +178,3 @@ def _draw_maps(drawn: _Drawn, methods: tuple[str, ...], out: Path, prefix: str,
         plots.append(embed_plots.plot_map(xy, drawn.y, drawn.classes, out / f"{prefix}_{method}.png",
                                           title=heading, predictions=drawn.predictions))
     return coords, plots
-
-
-def _three_d(drawn: _Drawn, path: Path, hover: list[str] | None, notes: list[str]) -> list[Path]:
-    if not embed_plots.plotly_available():
-        notes.append("no 3-D view: plotly is not installed")
-        return []
-    if drawn.x.shape[1] < 3 or len(drawn.x) < 3:
-        return []
-    from sklearn.decomposition import PCA
-
-    xyz = PCA(n_components=3, random_state=drawn.seed).fit_transform(drawn.x)
-    title = f"PCA 3-D{': ' + drawn.title if drawn.title else ''}"
-    return [embed_plots.write_3d_html(xyz, drawn.y, drawn.classes, path, title=title, hover=hover)]

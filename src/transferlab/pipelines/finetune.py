@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from transferlab.atomic import atomic_path, write_json
 from transferlab.backbones import create_backbone
+from transferlab.backbones.cut import cut_backbone
 from transferlab.backbones.registry import Backbone
 from transferlab.card import ModelCard
 from transferlab.data.folder import FolderScan
@@ -69,8 +70,10 @@ def prepare_training(config: FinetuneConfig) -> TrainingSetup:
     recipe = config.recipe
     recipe.validate()  # a Recipe built in Python skipped load_recipe's checks
     data = prepare_data(config.data, config.test, recipe.val_fraction, recipe.seed, recipe.per_class,
-                        exclude=config.exclude)
+                        exclude=config.exclude, train_per_class=recipe.train_per_class)
     backbone = create_backbone(recipe.backbone, recipe.weights)
+    if config.cut_after is not None:
+        cut_backbone(backbone.model, config.cut_after)
     resolution, _ = resolve_resolution(recipe.resolution, [s.path for s in data.split.train], backbone.native_size)
     precision = resolve_precision(recipe.precision)
     # The head's initial weights are drawn here, and torch's start-up seed differs in every
@@ -122,7 +125,7 @@ def _stage_context(config: FinetuneConfig, setup: TrainingSetup, run: RunDir, wa
         augmentation=build_batch_augmentation(recipe.augment, setup.resolution),
         class_weights=class_weights_of(train_store, n_classes) if recipe.balance == "weights" else None,
         precision=setup.precision, run_path=run.path, wall_origin=wall_origin, progress=config.progress,
-        mlflow_uri=config.mlflow_uri,
+        mlflow_uri=config.mlflow_uri, extra_callbacks=config.stage_callbacks,
     )
 
 
@@ -200,7 +203,7 @@ def _card(config: FinetuneConfig, setup: TrainingSetup) -> ModelCard:
                      resolution=setup.resolution, mean=backbone.mean, std=backbone.std,
                      interpolation=backbone.interpolation, weights_source=backbone.source,
                      precision=setup.precision, inference_precision=INFERENCE_PRECISION, head=list(recipe.head),
-                     tta=bool(recipe.tta))
+                     tta=bool(recipe.tta), cut_after=config.cut_after)
 
 
 def _save_weights(net: FinetuneNet, model_dir: Path) -> None:

@@ -28,3 +28,9 @@ class FinetuneConfig:
     # index, train, level, processes, epochs_run, best_val_acc, best_checkpoint, seconds), so a
     # caller can print it then; on resume, first for the stages finished before the restart.
     on_stage_end: Callable[[dict], None] | None = None
+    # Extra Lightning callbacks for stage `index` (0-based), made as the stage starts: a search's
+    # pruning callback reports each epoch's val_acc to Optuna and stops a hopeless trial.
+    stage_callbacks: Callable[[int], list] | None = None
+    # Cut the backbone after this block group before the head goes on (`transferlab prune`);
+    # None keeps the whole backbone. The model card records it, so the run reloads the same cut.
+    cut_after: str | None = None

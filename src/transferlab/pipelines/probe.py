@@ -1,10 +1,13 @@
 """The probe: frozen backbone features + a classical classifier, evaluated and reported.
 
-`run_probe(ProbeConfig(...))` is the library entry point behind `transferlab probe`.
+`run_probe(ProbeConfig(...))` is the library entry point behind `transferlab probe`. With
+`from_run`, the features come from a fine-tuned run's network (its backbone, resolution and
+preprocessing), e.g. to put a random forest or a linear SVM on fine-tuned features.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -14,12 +17,13 @@ from safetensors.torch import save_file
 
 from transferlab.atomic import atomic_path
 from transferlab.backbones import Backbone, create_backbone
+from transferlab.backbones.from_run import FinetunedSource, finetuned_backbone
 from transferlab.backbones.registry import DEFAULT_BACKBONE
 from transferlab.card import ModelCard
 from transferlab.classifiers.heads import CLASSIFIERS, build_classifier, save_classifier
 from transferlab.data.folder import Sample
 from transferlab.data.layout import PreparedData, prepare_data
-from transferlab.data.split import save_split
+from transferlab.data.split import load_split, save_split
 from transferlab.errors import TransferlabError
 from transferlab.explain.cam import target_layer
 from transferlab.features.cache import default_cache_root
@@ -48,6 +52,7 @@ class ProbeConfig:
     test: str | None = None
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
+    from_run: str | None = None  # a fine-tuned run: features from its network (backbone, resolution)
     classifier: str = "logreg"
     grid: bool = False
     ternary: bool = False
@@ -59,6 +64,7 @@ class ProbeConfig:
     workers: int = field(default_factory=default_workers)
     val_fraction: float = 0.2
     per_class: int | None = None
+    train_per_class: int | None = None  # at most N training images per class; validation unchanged
     seed: int = 0
     baseline: str | None = None
     baseline_partial: bool = False  # compare the shared classes when the baseline names others too
@@ -83,6 +89,10 @@ def _validate(config: ProbeConfig) -> None:
     check_cache_dir(config.cache_dir)
     check_out_folder(config.out)
     config.layers = list(parse_layers(config.layers))
+    if config.from_run is not None:
+        check_folder(config.from_run, "fine-tuned run")
+        if config.weights is not None:
+            raise TransferlabError("give --from-run or --weights, not both: a fine-tuned run brings its own weights")
 
 
 @dataclass
@@ -94,24 +104,58 @@ class _Inputs:
     settings: ExtractionSettings
     resolution_reason: str
     baseline: dict[str, float] | None
+    source: FinetunedSource | None = None  # where the weights come from, with --from-run
 
 
 def _prepare(config: ProbeConfig) -> _Inputs:
     _validate(config)
     baseline = load_baseline(config.baseline) if config.baseline else None
     data = prepare_data(config.data, config.test, config.val_fraction, config.seed, config.per_class,
-                        exclude=config.exclude)
+                        exclude=config.exclude, train_per_class=config.train_per_class)
     if baseline is not None:
         check_baseline_classes(baseline, data.scan.classes, config.baseline, config.baseline_partial)
     split = data.split
     # Built once here only to refuse what cannot work (e.g. --grid with one image per class) before extraction.
     build_classifier(config.classifier, config.seed, config.ternary, config.grid, labels=[s.label for s in split.train])
-    backbone = create_backbone(config.backbone, config.weights)
-    resolution, reason = resolve_resolution(config.resolution, [s.path for s in split.train], backbone.native_size)
+    source = _finetuned_source(config) if config.from_run is not None else None
+    backbone = source.backbone if source else create_backbone(config.backbone, config.weights)
+    resolution, reason = resolve_resolution(config.resolution or (source.card.resolution if source else None),
+                                            [s.path for s in split.train], backbone.native_size)
+    if source and config.resolution is None:
+        reason = "the fine-tuned run's resolution"
     settings = ExtractionSettings(resolution=resolution, layers=tuple(config.layers), pool=config.pool,
                                   batch_size=config.batch_size, workers=config.workers,
                                   precision=resolve_precision(config.precision))
-    return _Inputs(data, backbone, settings, reason, baseline)
+    if source:
+        data.notes.extend(_leak_notes(source, data))
+    return _Inputs(data, backbone, settings, reason, baseline, source)
+
+
+def _finetuned_source(config: ProbeConfig) -> FinetunedSource:
+    """The fine-tuned run's backbone; its card names the architecture, so --backbone must agree or be left out."""
+    source = finetuned_backbone(config.from_run)
+    if config.backbone not in (DEFAULT_BACKBONE, source.card.backbone):
+        raise TransferlabError(f"{source.run}: the run fine-tuned {source.card.backbone}, not --backbone "
+                               f"{config.backbone}; leave --backbone out with --from-run")
+    config.backbone = source.card.backbone  # config.yaml then names what really ran
+    return source
+
+
+def _leak_notes(source: FinetunedSource, data: PreparedData) -> list[str]:
+    """Validation or test images the fine-tuned network trained on make the probe's figures optimistic."""
+    try:
+        split = load_split(source.run / "split.json")
+    except TransferlabError as exc:
+        return [f"could not check which images the fine-tuned run trained on ({exc})"]
+    root = os.path.realpath(split["root"])
+    trained = {os.path.normpath(os.path.join(root, rel)) for rel, _ in split["train"]}
+    evaluated = data.split.val + (data.test_scan.samples if data.test_scan is not None else [])
+    seen = sum(os.path.realpath(s.path) in trained for s in evaluated)
+    if not seen:
+        return []
+    return [(f"{seen} of the {len(evaluated)} validation/test images were in the fine-tuned run's training set "
+             f"({source.run}): the figures are optimistic; use the run's own split (same data, seed and "
+             "val_fraction)")]
 
 
 def run_probe(config: ProbeConfig) -> RunResult:
@@ -147,14 +191,15 @@ def _probe(config: ProbeConfig, run: RunDir, inputs: _Inputs) -> RunResult:
     cam, cam_unavailable = _cam_source(backbone, settings, classifier, classes)
     skipped = [[str(p), r] for p, r in extraction.failures] + [[str(s.path), s.reason] for s in data.skipped]
     end = RunEnd(
-        kind="probe", title=f"{config.backbone} + {config.classifier}",
+        kind="probe", title=f"{config.backbone}{' fine-tuned' if inputs.source else ''} + {config.classifier}",
         report_title=f"transferlab probe: {data.scan.root.name}", classes=classes, splits=splits, skipped=skipped,
         notes=list(data.notes), summary=_summary(config, inputs, extraction, labels, features["train"].shape[1],
                                                  len(skipped)),
         config=asdict(config) | {"resolution": settings.resolution, "precision": settings.precision},
-        card=_card(backbone, settings, classes), save_weights=partial(_save_weights, backbone, classifier),
-        seed=config.seed, cam=cam, cam_unavailable=cam_unavailable, baseline=inputs.baseline,
-        baseline_name=config.baseline or "", features=features, error_grid=config.error_grid, embed=config.embed,
+        card=_card(backbone, settings, classes, inputs.source),
+        save_weights=partial(_save_weights, backbone, classifier), seed=config.seed, cam=cam,
+        cam_unavailable=cam_unavailable, baseline=inputs.baseline, baseline_name=config.baseline or "",
+        features=features, error_grid=config.error_grid, embed=config.embed,
     )
     return finish_run(run, end, timer)
 
@@ -163,7 +208,7 @@ def _summary(config: ProbeConfig, inputs: _Inputs, extraction, labels: dict, dim
     data, backbone, settings = inputs.data, inputs.backbone, inputs.settings
     return {
         **data_summary(data),
-        "backbone": f"{backbone.name} ({backbone.source} weights)",
+        "backbone": _weights_line(backbone, inputs.source),
         "classifier": config.classifier + (" + grid search" if config.grid else "")
         + (" + ternary features" if config.ternary else ""),
         "layers": ", ".join(config.layers) + f" ({config.pool} pooled, {dims} dims)",
@@ -175,6 +220,12 @@ def _summary(config: ProbeConfig, inputs: _Inputs, extraction, labels: dict, dim
         + (f" ({extraction.images_per_second:.0f} img/s)" if extraction.n_extracted else ""),
         "classes": len(data.scan.classes),
     }
+
+
+def _weights_line(backbone: Backbone, source: FinetunedSource | None) -> str:
+    if source is None:
+        return f"{backbone.name} ({backbone.source} weights)"
+    return f"{backbone.name} fine-tuned in run {source.run} (its network's backbone, weights {backbone.weights_id})"
 
 
 def _assemble(groups: dict[str, list[Sample]], extraction) -> tuple[dict, dict, dict]:
@@ -214,10 +265,12 @@ def _probabilities(classifier, features: np.ndarray, n_classes: int) -> np.ndarr
     return full
 
 
-def _card(backbone: Backbone, settings: ExtractionSettings, classes: list[str]) -> ModelCard:
+def _card(backbone: Backbone, settings: ExtractionSettings, classes: list[str],
+          source: FinetunedSource | None = None) -> ModelCard:
+    weights_source = f"{backbone.source} run {source.run}" if source else backbone.source
     return ModelCard(kind="probe", classes=list(classes), backbone=backbone.name, resolution=settings.resolution,
                      mean=backbone.mean, std=backbone.std, interpolation=backbone.interpolation,
-                     weights_source=backbone.source, weights_id=backbone.weights_id, precision=settings.precision,
+                     weights_source=weights_source, weights_id=backbone.weights_id, precision=settings.precision,
                      inference_precision=INFERENCE_PRECISION, layers=list(settings.layers), pool=settings.pool)
 
 
