@@ -7,6 +7,7 @@ from transferlab.cli import data_commands  # noqa: F401  (registers backbones, d
 from transferlab.cli import train_commands  # noqa: F401  (registers probe, finetune, demo)
 from transferlab.cli import study_commands  # noqa: F401  (registers study)
 from transferlab.cli import search_commands  # noqa: F401  (registers search)
+from transferlab.cli import prune_commands  # noqa: F401  (registers prune)
 from transferlab.cli import run_commands  # noqa: F401  (registers predict, explain, compare, serve, export, report)
 # isort: on
 from transferlab.cli.app import app, main

@@ -27,6 +27,7 @@ def fingerprint(config: FinetuneConfig, split, classes: list[str]) -> dict:
         "classes": classes,
         "files": len(split.train) + len(split.val),
         "recipe": _recipe_fingerprint(config.recipe),
+        **({"cut_after": config.cut_after} if config.cut_after else {}),  # absent: runs from before cuts resume
     }))
 
 
@@ -55,6 +56,9 @@ def open_state(run: RunDir, fingerprint: dict, resume: bool) -> dict:
     if old.get("recipe", {}).get("backbone") != fingerprint["recipe"]["backbone"]:
         raise TransferlabError(f"{run.path}: resume points at a run of backbone "
                                f"'{old.get('recipe', {}).get('backbone')}', not '{fingerprint['recipe']['backbone']}'")
+    if old.get("cut_after") != fingerprint.get("cut_after"):
+        raise TransferlabError(f"{run.path}: resume points at a run cut after {old.get('cut_after')!r}, "
+                               f"not {fingerprint.get('cut_after')!r}")
     if old.get("recipe") != fingerprint["recipe"]:
         raise TransferlabError(f"{run.path}: the recipe differs from the run's; resume without changing it")
     check_resumable(state, run.path)
@@ -81,4 +85,4 @@ def resume_config(run_path: str | Path, data: str | None = None, backbone: str |
 
     return FinetuneConfig(data=saved["data"], out=str(run_path), recipe=recipe, test=path_or_none("test"),
                           baseline=path_or_none("baseline"), baseline_partial=saved.get("baseline_partial") is True,
-                          exclude=path_or_none("exclude"), progress=progress)
+                          exclude=path_or_none("exclude"), progress=progress, cut_after=path_or_none("cut_after"))

@@ -94,7 +94,9 @@ def _run_all(config: StudyConfig, plan: _Plan, out: Path, state: dict) -> tuple[
         run_dir = out / "runs" / variant.folder(seed)
         where = f"[{number}/{len(plan.runs)}] {variant.label}, seed {seed}"
         record = state["runs"].setdefault(run_dir.name, {})
-        if _run_status(run_dir) == "complete" and (run_dir / "variant.json").is_file():
+        if _run_status(run_dir) == "complete":
+            if not (run_dir / "variant.json").is_file():  # killed between the run's end and this note
+                _write_variant(run_dir, out, variant, seed)
             skipped += 1
             _event(config, f"{where}: done earlier, kept")
         else:
