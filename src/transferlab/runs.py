@@ -183,6 +183,15 @@ def read_json_object(path: Path, what: str) -> dict:
     return value
 
 
+def run_status(path: str | Path) -> str | None:
+    """The status in a run folder's run.json ("complete", "running", ...), or None when unreadable."""
+    try:
+        status = read_json_object(Path(path) / "run.json", "run status").get("status")
+    except TransferlabError:
+        return None
+    return status if isinstance(status, str) else None
+
+
 def load_complete_run(path: str | Path) -> RunDir:
     """Open a finished run, or explain why it cannot be used."""
     run = RunDir(path)

@@ -45,7 +45,7 @@ from transferlab.pipelines.finetune_state import STATE_FILE
 from transferlab.pipelines.prune_source import fingerprint_source, save_source_weights, source_state
 from transferlab.pipelines.settings import slug
 from transferlab.report.prune_report import CSV_COLUMNS, csv_rows, latency_ms, render_prune_report
-from transferlab.runs import read_json_object
+from transferlab.runs import read_json_object, run_status
 
 PRUNE_FILE = "prune.json"
 
@@ -155,7 +155,7 @@ def _run_cuts(config: PruneConfig, cuts: list[Cut], out: Path, state: dict) -> t
         run_dir = out / "runs" / cut.folder
         where = f"[{number}/{len(cuts)}] cut after {cut.group}"
         record = state["cuts"].setdefault(cut.group, {})
-        if _run_status(run_dir) == "complete" and _checked_row(record.get("row"), cut.group):
+        if run_status(run_dir) == "complete" and _checked_row(record.get("row"), cut.group):
             record["row"]["run_dir"] = str(run_dir)  # where it is now (the folder may have moved)
             skipped += 1
             _event(config, f"{where}: done earlier, kept ({run_dir})")
@@ -179,7 +179,7 @@ def _run_cuts(config: PruneConfig, cuts: list[Cut], out: Path, state: dict) -> t
 def _run_one(config: PruneConfig, cut: Cut, run_dir: Path, where: str) -> dict:
     """Fine-tune one cut (resuming a killed run), then measure it: its row of the table."""
     started = time.perf_counter()
-    if _run_status(run_dir) != "complete":
+    if run_status(run_dir) != "complete":
         resume = (run_dir / STATE_FILE).is_file()
         _event(config, f"{where}: {'resuming' if resume else 'training'} ({run_dir})")
         finetune = FinetuneConfig(
@@ -298,13 +298,6 @@ def _open_prune(out: Path, fingerprint: dict, backbone: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _write_state(out, fresh, "running")
     return fresh
-
-
-def _run_status(run_dir: Path) -> str | None:
-    try:
-        return read_json_object(run_dir / "run.json", "run status").get("status")
-    except TransferlabError:
-        return None
 
 
 def _write_state(out: Path, state: dict, status: str, **extra) -> None:

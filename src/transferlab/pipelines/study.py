@@ -28,7 +28,7 @@ from transferlab.pipelines.probe import ProbeConfig, run_probe
 from transferlab.pipelines.settings import apply_to_probe, apply_to_recipe
 from transferlab.pipelines.study_spec import StudySpec, Variant, base_recipe, base_values, check_variants, plan_variants
 from transferlab.report.study_report import render_study_report
-from transferlab.runs import read_json_object
+from transferlab.runs import read_json_object, run_status
 from transferlab.safe_yaml import dump_yaml
 
 STUDY_FILE = "study.json"
@@ -94,7 +94,7 @@ def _run_all(config: StudyConfig, plan: _Plan, out: Path, state: dict) -> tuple[
         run_dir = out / "runs" / variant.folder(seed)
         where = f"[{number}/{len(plan.runs)}] {variant.label}, seed {seed}"
         record = state["runs"].setdefault(run_dir.name, {})
-        if _run_status(run_dir) == "complete":
+        if run_status(run_dir) == "complete":
             if not (run_dir / "variant.json").is_file():  # killed between the run's end and this note
                 _write_variant(run_dir, out, variant, seed)
             skipped += 1
@@ -131,15 +131,8 @@ def _run_one(config: StudyConfig, variant: Variant, seed: int, run_dir: Path) ->
         settings = apply_to_probe({}, {**spec.fixed, **variant.settings})
         return run_probe(ProbeConfig(**common, **settings, seed=seed, cache_dir=config.cache_dir)).metrics
     recipe = apply_to_recipe(base_recipe(spec), variant.settings, seed, f"variant {variant.label}")
-    resume = (run_dir / STATE_FILE).is_file() and _run_status(run_dir) != "complete"
+    resume = (run_dir / STATE_FILE).is_file() and run_status(run_dir) != "complete"
     return run_finetune(FinetuneConfig(**common, recipe=recipe), resume=resume).metrics
-
-
-def _run_status(run_dir: Path) -> str | None:
-    try:
-        return read_json_object(run_dir / "run.json", "run status").get("status")
-    except TransferlabError:
-        return None
 
 
 def _write_variant(run_dir: Path, out: Path, variant: Variant, seed: int) -> None:
