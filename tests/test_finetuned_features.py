@@ -69,7 +69,7 @@ def test_probe_from_run_reads_the_finetuned_backbone(ft_run, data, tmp_path, cla
     result = _probe(data, tmp_path / "probe", from_run=str(ft_run), classifier=classifier)
     card = json.loads((result.run_dir / "model" / "model.json").read_text())
     finetuned = finetuned_backbone(ft_run).backbone
-    pretrained = create_backbone(ARCH)
+    pretrained = create_backbone(ARCH, "random")  # a registry entry with random weights: nothing downloaded
     assert card["weights_id"] == finetuned.weights_id != pretrained.weights_id
     assert card["weights_source"] == f"finetuned run {ft_run}"
     assert card["layers"] == LAYERS and card["resolution"] == 48  # the fine-tuned run's resolution
@@ -86,7 +86,7 @@ def test_probe_from_run_reads_the_finetuned_backbone(ft_run, data, tmp_path, cla
 
 def test_finetuned_features_and_cache_key_differ_from_pretrained(ft_run, data):
     finetuned = finetuned_backbone(ft_run).backbone
-    pretrained = create_backbone(ARCH)
+    pretrained = create_backbone(ARCH, "random")  # a registry entry with random weights: nothing downloaded
     settings = ExtractionSettings(resolution=48, layers=tuple(LAYERS), workers=0)
     paths = sorted(data.glob("*/*"))[:6]
     ours = extract_features(finetuned, paths, settings, progress=False).features
@@ -244,7 +244,7 @@ def test_garbage_and_oversized_network_files(run_copy):
     with pytest.raises(TransferlabError, match="cannot read weights") as info:
         finetuned_backbone(run_copy)
     assert str(file) in _one_line(info)
-    limit = size_limit(create_backbone(ARCH).model)
+    limit = size_limit(create_backbone(ARCH, "random").model)
     with open(file, "wb") as handle:  # sparse: no disk is used for the hole
         handle.truncate(limit + 1)
     with pytest.raises(TransferlabError, match="MiB at most") as info:
