@@ -447,7 +447,7 @@ def test_override_values_are_checked_in_one_line(overrides, message):
     ("val_fraction: 1.5", "val_fraction must be between 0 and 1"),
     ("weight_decay: heavy", "weight_decay must be a number"),
     ("mixup: -0.2", "mixup must be 0 or more"),
-    ("tta: maybe", "tta must be true or false"),
+    ("tta: maybe", "tta must be true, false or one of"),
     ("processes: 0", "processes must be between 1 and"),
     ("augment: sparkle", "unknown augmentation preset 'sparkle'"),
     ("augment: [{name: teleport}]", "augment item 1: unknown augmentation 'teleport'"),

@@ -9,18 +9,26 @@ a wrong type would otherwise surface as a traceback deep inside a loader. Versio
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferlab.atomic import write_json
 from transferlab.errors import TransferlabError
-from transferlab.options import MAX_RESOLUTION, MIN_RESOLUTION
+from transferlab.options import MAX_RESOLUTION, MIN_RESOLUTION, TTA_MODES, tta_mode
 
-CARD_VERSION = 2
-MODEL_KINDS = ("probe", "finetune")
+CARD_VERSION = 3  # 3: tta is a mode name (was true/false), the ensemble kind
+MODEL_KINDS = ("probe", "finetune", "ensemble")
 INFERENCE_PRECISIONS = ("fp32", "bf16")
 # Fields that belong to one kind of run only: a card omits the other kind's.
-_KIND_FIELDS = {"probe": ("layers", "pool"), "finetune": ("head", "tta", "cut_after")}
+_KIND_FIELDS = {"probe": ("layers", "pool"), "finetune": ("head", "cut_after"),
+                "ensemble": ("members", "combination")}
+# The files each kind's loader reads from its model folder: all that a fingerprint hashes and
+# all that an ensemble copies of a member, so a stray (or huge, or linked) file is never read.
+KIND_FILES = {"probe": ("model.json", "backbone.safetensors", "classifier.skops"),
+              "finetune": ("model.json", "network.safetensors"), "ensemble": ("model.json",)}
+MODEL_FILES = tuple(dict.fromkeys(name for names in KIND_FILES.values() for name in names))
+MAX_MEMBERS = 16  # an ensemble loads every member: more is a mistake or an attack on memory
 MAX_GROUP_NAME = 200  # a block group name ("blocks.4", "layer3"); longer is not a name but an attack
 
 
@@ -28,7 +36,9 @@ MAX_GROUP_NAME = 200  # a block group name ("blocks.4", "layer3"); longer is not
 class ModelCard:
     """What rebuilding a run's model needs, with no dependency on the data it was trained on."""
 
-    kind: str  # "probe" (backbone.safetensors + classifier.skops) or "finetune" (network.safetensors)
+    # "probe" (backbone.safetensors + classifier.skops), "finetune" (network.safetensors) or
+    # "ensemble" (model/members/<name>/, each a probe or fine-tuned model, and a combination)
+    kind: str
     classes: list[str]
     backbone: str  # timm architecture name
     resolution: int
@@ -42,21 +52,29 @@ class ModelCard:
     layers: list[str] = field(default_factory=list)  # probe: pooled layers
     pool: str = "avg"  # probe
     head: list[dict] = field(default_factory=list)  # finetune: the head spec
-    tta: bool = False  # finetune: flip test-time augmentation
+    # Test-time augmentation its predictions use by default (a data.tta mode; predict, serve and
+    # export may ask for another). Cards before version 3 held true/false: flip / none.
+    tta: str = "none"
     # finetune: the backbone was cut after this block group (`transferlab prune`); None: the whole
     # backbone. Loaders check it names a group the architecture can be cut after.
     cut_after: str | None = None
+    # ensemble: the member folders under model/members/, and how their probabilities combine
+    # (method and weights; checked by the ensemble loader, which knows the shapes).
+    members: list[str] = field(default_factory=list)
+    combination: dict = field(default_factory=dict)
     version: int = CARD_VERSION
 
     def to_dict(self) -> dict:
         """The card as model.json holds it: only the fields of its own kind."""
         data = dataclasses.asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)
-        other = "finetune" if self.kind == "probe" else "probe"
-        for name in _KIND_FIELDS[other]:
-            data.pop(name)
+        for kind, names in _KIND_FIELDS.items():
+            for name in names if kind != self.kind else ():
+                data.pop(name)
         if data.get("cut_after", "") is None:
             data.pop("cut_after")  # an uncut network's card reads as it did before pruning existed
+        if data["tta"] == "none":
+            data.pop("tta")  # the default: a card without TTA reads as it did before modes existed
         return data
 
     def write(self, model_dir: Path) -> None:
@@ -107,13 +125,21 @@ def _check_optional(values: dict, where: str) -> None:
         _require(isinstance(values["head"], list) and all(isinstance(v, dict) for v in values["head"]),
                  where, "head", "a list of layers")
     if "tta" in values:
-        _require(isinstance(values["tta"], bool), where, "tta", "true or false")
+        _require(values["tta"] in TTA_MODES or isinstance(values["tta"], bool), where, "tta",
+                 f"true, false or one of {', '.join(TTA_MODES)}")
+        values["tta"] = tta_mode(values["tta"])
     if values.get("cut_after") is not None:
         cut = values["cut_after"]
         _require(values["kind"] == "finetune" and isinstance(cut, str) and 0 < len(cut) <= MAX_GROUP_NAME
                  and cut.isprintable(), where, "cut_after", "a block group name (fine-tuned runs only)")
     if values["kind"] == "probe":
         _require(bool(values.get("layers")), where, "layers", "a non-empty list for a probe")
+    if values["kind"] == "ensemble":
+        members = values.get("members")
+        _require(isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS
+                 and all(isinstance(m, str) for m in members) and len(set(members)) == len(members),
+                 where, "members", f"2 to {MAX_MEMBERS} distinct member names")
+        _require(isinstance(values.get("combination"), dict), where, "combination", "an object")
 
 
 def _require(ok: bool, where: str, name: str, what: str) -> None:
@@ -126,4 +152,10 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite JSON number: json.loads reads NaN, Infinity and integers no float holds."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False

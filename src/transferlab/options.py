@@ -20,6 +20,22 @@ MAX_RESOLUTION = 1024
 MAX_WORKERS = 64
 MAX_BATCH_SIZE = 4096
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
+# Test-time augmentation modes; their views are made in data.tta (which needs torch).
+TTA_MODES = ("none", "flip", "crops", "flip-crops")
+TTA_HELP = ("Test-time augmentation: none, flip (the image and its mirror), crops (the image and 4 corner crops) "
+            "or flip-crops (all 10); predictions average the views' probabilities. Costs 1, 2, 5 or 10 passes.")
+
+
+def tta_mode(value, where: str = "--tta") -> str:
+    """A TTA mode from a card, recipe or option: a mode name, or the older true/false (flip / none)."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "flip"
+    if isinstance(value, str) and value in TTA_MODES:
+        return value
+    raise TransferlabError(f"{where} must be true, false or one of {', '.join(TTA_MODES)} "
+                           f"(test-time augmentation), got {repr(value)[:60]}")
 
 
 def check_int(flag: str, value: int | None, low: int, high: int | None = None) -> None:

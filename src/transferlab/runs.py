@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from typing import Iterator
 
 from transferlab import __version__
 from transferlab.atomic import write_json, write_text
-from transferlab.card import MODEL_KINDS, ModelCard
+from transferlab.card import MODEL_FILES, MODEL_KINDS, ModelCard
 from transferlab.errors import TransferlabError, one_line
 from transferlab.safe_yaml import dump_yaml
 
@@ -149,6 +150,9 @@ def check_out_folder(path: str | Path) -> None:
                            "refusing to write into it: choose a new or empty --out")
 
 
+MEMBER_KINDS = ("probe", "finetune")  # what an ensemble may combine
+MEMBER_NAME = re.compile(r"m[0-9]{2}")  # model/members/m00, m01, ...: no path can hide in it
+
 # "pruned": a search stopped the run early on purpose (its trial could not beat the others).
 RUN_STATUSES = ("running", "complete", "failed", "interrupted", "pruned")
 
@@ -176,7 +180,9 @@ def read_json_object(path: Path, what: str) -> dict:
         if len(raw) > MAX_JSON_BYTES:
             raise TransferlabError(f"{path}: {what} is larger than {MAX_JSON_BYTES // 2**20} MiB")
         value = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError: besides JSONDecodeError (and UnicodeDecodeError), an integer of more than
+    # 4300 digits, which json.loads refuses with a plain ValueError.
+    except (OSError, ValueError, RecursionError) as exc:
         raise TransferlabError(f"{path}: {what} is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(value, dict):
         raise TransferlabError(f"{path}: {what} is not a JSON object")
@@ -217,6 +223,46 @@ def open_run(path: str | Path) -> OpenRun:
     run = load_complete_run(path)
     file = run.model_dir / "model.json"
     return OpenRun(run.path, ModelCard.from_dict(read_json_object(file, "model card"), str(file)))
+
+
+@dataclass(frozen=True)
+class OpenModel:
+    """A model folder inside a run, opened for use: an ensemble's member (model/members/<name>/).
+
+    It offers what the model loaders read of an OpenRun (`path` for messages, `card`,
+    `model_dir`), so one loader serves a run and a member alike.
+    """
+
+    path: Path
+    card: ModelCard
+    model_dir: Path
+
+
+def open_member(run: OpenRun, name: str) -> OpenModel:
+    """Member `name` of an ensemble run, its card checked; a member is never itself an ensemble."""
+    if not isinstance(name, str) or not MEMBER_NAME.fullmatch(name):
+        raise TransferlabError(f"{run.model_dir / 'model.json'}: field 'members' holds {repr(name)[:60]}, "
+                               "not a member name")
+    members = run.model_dir / "members"
+    folder = members / name
+    if members.is_symlink() or folder.is_symlink() or not folder.is_dir():
+        raise TransferlabError(f"{folder}: ensemble member folder missing (or a link)")
+    # `transferlab ensemble` copies regular files only: a link would load a model from outside the run.
+    linked = next((folder / f for f in MODEL_FILES if (folder / f).is_symlink()), None)
+    if linked is not None:
+        raise TransferlabError(f"{linked}: is a link; an ensemble member holds only regular files")
+    file = folder / "model.json"
+    card = ModelCard.from_dict(read_json_object(file, "model card"), str(file))
+    if card.kind not in MEMBER_KINDS:
+        raise TransferlabError(f"{file}: an ensemble member must be a probe or fine-tuned model, not '{card.kind}'")
+    if card.classes != run.card.classes:
+        raise TransferlabError(f"{file}: the member's classes differ from the ensemble's")
+    return OpenModel(folder, card, folder)
+
+
+def open_model(source: "str | Path | OpenRun | OpenModel") -> "OpenRun | OpenModel":
+    """A run folder path, opened; an OpenRun or OpenModel, as it is."""
+    return source if isinstance(source, (OpenRun, OpenModel)) else open_run(source)
 
 
 def _iso(timestamp: float) -> str:

@@ -26,12 +26,12 @@ def print_lr_find(config, steps: int) -> None:
     console.print(f"curve: {result.plot}\nrecord: {result.record}", highlight=False)
 
 def print_finetune_result(result) -> None:  # stage lines were printed as each stage ended
-    _print_result(result, ("backbone", "method", "best stage", "resolution", "precision", "images"))
+    print_run_result(result, ("backbone", "method", "best stage", "resolution", "precision", "images"))
 
 def print_probe_result(result) -> None:
-    _print_result(result, ("backbone", "classifier", "layers", "resolution", "precision", "images", "features"))
+    print_run_result(result, ("backbone", "classifier", "layers", "resolution", "precision", "images", "features"))
 
-def _print_result(result, keys: tuple[str, ...]) -> None:
+def print_run_result(result, keys: tuple[str, ...]) -> None:
     summary, metrics = result.summary, result.metrics
     for key in keys:
         console.print(f"[bold]{key}[/bold]: {summary[key]}", highlight=False)

@@ -11,7 +11,7 @@ import typer
 from transferlab.cli.app import app, console, err_console
 from transferlab.cli.output import csv_text
 from transferlab.errors import TransferlabError
-from transferlab.options import check_folder, check_int
+from transferlab.options import TTA_HELP, check_folder, check_int, tta_mode
 
 
 @app.command()
@@ -22,6 +22,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write every prediction to this CSV file "
                                                                   "(path, predicted, probability, error, top-k).")] = None,
+    tta: Annotated[Optional[str], typer.Option(help=TTA_HELP + " Default: the run's own.")] = None,
 ):
     """Classify images (files, or folders searched recursively) with a trained run.
 
@@ -29,12 +30,13 @@ def predict(
     when some image could not be read (each is listed), 2 when a path does not exist.
     """
     check_int("--top-k", top_k, 1)
+    tta = None if tta is None else tta_mode(tta)
     from transferlab.data.inputs import expand_inputs
 
     paths = expand_inputs(images)
     from transferlab.inference.predict import load_predictor, predictions_csv
 
-    predictor = load_predictor(run)
+    predictor = load_predictor(run, tta=tta)
     results = predictor.predict_paths(paths, top_k=top_k)
     failed = 0
     for result in results:
@@ -56,27 +58,33 @@ def predict(
 
 @app.command()
 def explain(
-    run: Annotated[Path, typer.Argument(help="A finished run folder (logistic-regression probe).")],
+    run: Annotated[Path, typer.Argument(help="A finished run folder (a logistic-regression probe, a fine-tuned "
+                                             "run, or an ensemble: each member explained in OUT/m00, m01, ...).")],
     images: Annotated[list[Path], typer.Argument(help="Image files to explain.")],
     method: Annotated[list[str], typer.Option(help="gradcam, gradcam++ or layercam; repeat for several.")] = ["gradcam", "gradcam++"],
     out: Annotated[Optional[Path], typer.Option(help="Folder for the overlays (default RUN/explain).")] = None,
 ):
     """Class-activation maps: where the model looks for its predicted class; overlays saved as PNG."""
     from transferlab.explain.cam import CAM_METHODS
-    from transferlab.explain.run import RunExplainer
+    from transferlab.explain.run import member_explainers
 
     unknown = [m for m in method if m not in CAM_METHODS]
     if unknown:
         raise TransferlabError(f"unknown CAM method '{unknown[0]}': choose from {', '.join(CAM_METHODS)}")
     out_dir = out or run / "explain"
+    if out_dir.is_symlink():  # RUN/explain of a handed-over run may point at any folder of the user's
+        raise TransferlabError(f"{out_dir}: is a link; explain writes only into a real folder (give --out)")
     failed = 0
-    for result in RunExplainer(run).explain_paths(images, out_dir, tuple(method)):
-        if result.error:
-            failed += 1
-            err_console.print(f"error: {result.error}", highlight=False, markup=False)
-            continue
-        files = ", ".join(str(p) for p in result.overlays.values())
-        console.print(f"{result.path}: {result.predicted} {result.probability:.3f} -> {files}", highlight=False, markup=False)
+    for member, explainer in member_explainers(run):  # an ensemble: each member in its own folder
+        label = f"[{member}] " if member else ""
+        for result in explainer.explain_paths(images, out_dir / member if member else out_dir, tuple(method)):
+            if result.error:
+                failed += 1
+                err_console.print(f"error: {result.error}", highlight=False, markup=False)
+                continue
+            files = ", ".join(str(p) for p in result.overlays.values())
+            console.print(f"{label}{result.path}: {result.predicted} {result.probability:.3f} -> {files}",
+                          highlight=False, markup=False)
     if failed:
         raise typer.Exit(1)
 
@@ -110,6 +118,8 @@ def serve(
                                                              "503 + Retry-After.")] = 2,
     decode_memory_mb: Annotated[float, typer.Option(help="Memory for decoding uploads at once, in MB; an image "
                                                          "needing more gets 413.")] = 1024.0,
+    tta: Annotated[Optional[str], typer.Option(help=TTA_HELP + " Default: the run's own; with --engine onnx, "
+                                                     "the export must hold the same (export --tta).")] = None,
 ):
     """Serve a run over HTTP: an upload page at /, POST /predict, /predict/batch, /model, /health, /docs."""
     check_int("--port", port, 1, 65535)
@@ -123,24 +133,29 @@ def serve(
     from transferlab.serve import serve as serve_run
     from transferlab.serve.engines import check_engine
 
-    check_engine(run, engine)
+    tta = None if tta is None else tta_mode(tta)
+    check_engine(run, engine, tta)
     console.print(f"serving {run} ({engine}) on http://{host}:{port}/", highlight=False)
     serve_run(run, host=host, port=port, workers=workers, engine=engine,
               max_upload_bytes=int(max_upload_mb * 1024 * 1024), top_k=top_k,
               allowed_hosts=allowed_host or None, max_concurrent_batches=max_concurrent_batches,
-              decode_memory_bytes=int(decode_memory_mb * 1024 * 1024))
+              decode_memory_bytes=int(decode_memory_mb * 1024 * 1024), tta=tta)
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="A finished run folder (probe with a logistic-regression head, or fine-tuned).")],
+    run: Annotated[Path, typer.Argument(help="A finished run folder (probe with a logistic-regression head, "
+                                             "fine-tuned, or an ensemble of those).")],
     format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option(help="Output file (default RUN/model/model.onnx or model.pt).")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest allowed difference from PyTorch's probabilities.")] = 1e-4,
+    tta: Annotated[Optional[str], typer.Option(help=TTA_HELP + " Built into the exported graph; default: the "
+                                                     "run's own.")] = None,
 ):
     """Export the whole model (normalised image -> probabilities), checked against PyTorch before it is kept."""
     from transferlab.inference.export import export_run
 
-    path = export_run(run, format, out, tolerance)
+    tta = None if tta is None else tta_mode(tta)
+    path = export_run(run, format, out, tolerance, tta=tta)
     record = json.loads((Path(run) / "model" / "export.json").read_text(encoding="utf-8")).get(format, {})
     console.print(f"{format}: {path} (parity: max abs difference {record.get('max_abs_diff', float('nan')):.2g} "
                   f"<= {tolerance:g})", highlight=False)

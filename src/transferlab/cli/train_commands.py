@@ -15,6 +15,7 @@ from transferlab.finetune.presets import AUGMENT_PRESETS
 from transferlab.finetune.recipe import STAGE_PRESETS
 from transferlab.options import (
     PRECISION_CHOICES,
+    TTA_HELP,
     check_cache_dir,
     check_file,
     check_folder,
@@ -111,7 +112,7 @@ def finetune(
     per_class: Annotated[Optional[int], typer.Option(help="Use at most N images per class (small-data regime).")] = None,
     train_per_class: Annotated[Optional[int], typer.Option(help="Train on at most N images per class; validation "
                                                                 "stays the same.")] = None,
-    tta: Annotated[Optional[bool], typer.Option(help="Average predictions with the horizontally flipped image.")] = None,
+    tta: Annotated[Optional[str], typer.Option(help=TTA_HELP)] = None,
     processes: Annotated[Optional[int], typer.Option(help="Train with N processes (Lightning DDP, gloo on CPU).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for split, augmentation and initialisation.")] = None,
     baseline: Annotated[Optional[Path], typer.Option(help="CSV with columns class,f1 to compare per class against.")] = None,

@@ -191,7 +191,7 @@ def load_split(path: str | os.PathLike) -> dict:
         raise TransferlabError(f"{path}: split file not found") from None
     except OSError as exc:
         raise TransferlabError(f"{path}: cannot read split file: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of over 4300 digits
         raise TransferlabError(f"{path}: not a valid split file: {str(exc).splitlines()[0]}") from None
     problem = _split_problem(data)
     if problem:

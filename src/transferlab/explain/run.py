@@ -17,7 +17,9 @@ from transferlab.explain.cam import (
     save_overlay,
     target_layer,
 )
+from transferlab.errors import TransferlabError
 from transferlab.inference.run_network import load_run_network
+from transferlab.runs import OpenModel, open_member, open_run
 
 
 @dataclass
@@ -32,8 +34,11 @@ class ExplainedImage:
 class RunExplainer:
     """Loads a run's network once and explains any number of images."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path | OpenModel):
         loaded = load_run_network(run_dir)
+        if loaded.timm_model is None:
+            raise TransferlabError(f"{getattr(run_dir, 'path', run_dir)}: an ensemble has no one backbone to "
+                                   "explain; `member_explainers` explains each member")
         card = loaded.card
         self.classes = list(card.classes)
         self.resolution = card.resolution
@@ -46,6 +51,8 @@ class RunExplainer:
         return class_activation_maps(self.network, self.layer, images_uint8, self.normalise, method)
 
     def explain_paths(self, paths: list[Path], out_dir: Path, methods=("gradcam", "gradcam++")) -> list[ExplainedImage]:
+        if Path(out_dir).is_symlink():  # RUN/explain/m00 of a handed-over run may point at any folder of the user's
+            raise TransferlabError(f"{out_dir}: is a link; explain writes only into a real folder (give --out)")
         results = []
         for index, path in enumerate(paths):
             path = Path(path)
@@ -62,8 +69,17 @@ class RunExplainer:
         return results
 
 
+def member_explainers(run_dir: str | Path) -> list[tuple[str, RunExplainer]]:
+    """[("", explainer)] for a run; for an ensemble one explainer per member, named by its folder
+    (m00, m01, ...): Grad-CAM needs one backbone, and each member looks at the image its own way."""
+    run = open_run(run_dir)
+    if run.card.kind != "ensemble":
+        return [("", RunExplainer(run))]
+    return [(name, RunExplainer(open_member(run, name))) for name in run.card.members]
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.replace("+", "p")).strip("_") or "image"
 
 
-__all__ = ["CAM_METHODS", "RunExplainer", "ExplainedImage"]
+__all__ = ["CAM_METHODS", "RunExplainer", "ExplainedImage", "member_explainers"]

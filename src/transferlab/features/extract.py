@@ -149,7 +149,11 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def __call__(self, images_uint8: torch.Tensor) -> np.ndarray:
-        x = self.normalise(images_uint8)
+        return self.from_normalised(self.normalise(images_uint8))
+
+    @torch.inference_mode()
+    def from_normalised(self, x: torch.Tensor) -> np.ndarray:
+        """Features of float images normalised already (test-time augmentation's views)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.settings.precision == "bf16"):
             features = self.network(x)
         return features.float().numpy()

@@ -18,6 +18,9 @@ from torch import nn
 from transferlab.errors import TransferlabError
 from transferlab.finetune.values import finite_number
 
+# All dense layers together: 256 MiB of float32, far beyond a head worth training; without it a
+# card listing 64 layers of MAX_UNITS asks for 64 GiB before a weight is read.
+MAX_HEAD_WEIGHTS = 1 << 26
 MAX_UNITS = 16384  # a wider dense layer is a typo (or a hostile model.json asking for gigabytes)
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": nn.Identity}
 
@@ -67,6 +70,18 @@ HEAD_LAYERS: dict[str, LayerType] = {
 }
 
 
+def _check_size(in_features: int, spec: list[dict]) -> None:
+    """The dense layers' weights, counted before any is built (a bad layer is _build_layer's to name)."""
+    total, width = 0, in_features
+    for layer in spec:
+        units = layer.get("units")
+        if layer.get("type") == "dense" and isinstance(units, int) and not isinstance(units, bool) and units > 0:
+            total, width = total + width * units, units
+            if total > MAX_HEAD_WEIGHTS:
+                raise TransferlabError(f"head: its dense layers would hold over {MAX_HEAD_WEIGHTS:,} weights; "
+                                       "use fewer or narrower layers")
+
+
 class Head(nn.Module):
     def __init__(self, in_features: int, n_classes: int, spec: list[dict]):
         super().__init__()
@@ -74,6 +89,7 @@ class Head(nn.Module):
         self._penalties: list[Penalty] = []
         if not isinstance(spec, list) or not all(isinstance(layer, dict) for layer in spec):
             raise TransferlabError(f"head must be a list of layers ({{type: ...}}), got {spec!r}"[:300])
+        _check_size(in_features, spec)
         width = in_features
         for index, layer in enumerate(spec):
             modules, width, penalty = _build_layer(dict(layer), width, f"head layer {index + 1}")

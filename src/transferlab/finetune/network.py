@@ -15,8 +15,10 @@ from torch import nn
 from transferlab.backbones import sequential_units
 from transferlab.backbones.shape import pooled_width, warn_uncut
 from transferlab.data.transforms import normalise
+from transferlab.data.tta import average_probabilities
 from transferlab.finetune.groups import backbone_groups
 from transferlab.finetune.head import Head
+from transferlab.options import tta_mode
 
 
 class FinetuneNet(nn.Module):
@@ -63,17 +65,19 @@ class FinetuneNet(nn.Module):
 
 
 @torch.inference_mode()
-def predict_probabilities(net: FinetuneNet, images: torch.Tensor, precision: str, tta: bool,
+def predict_probabilities(net: FinetuneNet, images: torch.Tensor, precision: str, tta: str | bool,
                           batch_size: int = 128) -> np.ndarray:
-    """Class probabilities of uint8 images (or cached activations at level 0), batch by batch."""
+    """Class probabilities of uint8 images (or normalised float images), batch by batch,
+    averaged over the views of test-time augmentation `tta` (see `data.tta`)."""
     net.eval()
+    mode = tta_mode(tta)
     out = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
+        if batch.dtype == torch.uint8:  # views are made of normalised floats, as in an exported graph
+            batch = net.normalise(batch)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            probabilities = torch.softmax(net(batch).float(), dim=1)
-            if tta:  # horizontal-flip test-time augmentation
-                probabilities = (probabilities + torch.softmax(net(batch.flip(-1)).float(), dim=1)) / 2
+            probabilities = average_probabilities(lambda x: torch.softmax(net(x).float(), dim=1), batch, mode)
         out.append(probabilities.float())
     return torch.cat(out).numpy() if out else np.zeros((0, net.head.classifier.out_features))
 

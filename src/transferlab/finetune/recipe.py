@@ -20,7 +20,14 @@ from pathlib import Path
 
 from transferlab.errors import TransferlabError
 from transferlab.finetune.values import finite_number
-from transferlab.options import MAX_BATCH_SIZE, MAX_RESOLUTION, MAX_SEED, MIN_RESOLUTION, PRECISION_CHOICES
+from transferlab.options import (
+    MAX_BATCH_SIZE,
+    MAX_RESOLUTION,
+    MAX_SEED,
+    MIN_RESOLUTION,
+    PRECISION_CHOICES,
+    tta_mode,
+)
 from transferlab.safe_yaml import read_yaml_file, short_repr
 
 SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
@@ -47,12 +54,6 @@ def _int(where: str, name: str, value, low: int, high: int | None = None, option
 def _choice(where: str, name: str, value, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise TransferlabError(f"{where}: {name} must be one of {', '.join(choices)}, got {short_repr(value)}")
-    return value
-
-
-def _bool(where: str, name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TransferlabError(f"{where}: {name} must be true or false, got {short_repr(value)}")
     return value
 
 
@@ -113,7 +114,7 @@ class Recipe:
     mixup: float = 0.0
     cutmix: float = 0.0
     augment_draws: int = 4  # cached augmentation draws per image for frozen-prefix stages
-    tta: bool = False
+    tta: bool | str = False  # test-time augmentation of the evaluation: a data.tta mode (true: flip)
     stages: str | list[dict] = "fine_tune"
     processes: int = 1  # >1: Lightning DDP on CPU (gloo)
     # Overrides of every stage (the CLI's --epochs / --lr), applied by `resolve_stages`:
@@ -156,7 +157,7 @@ class Recipe:
             setattr(self, name, value)
         _int(where, "augment_draws", self.augment_draws, 1)
         _int(where, "processes", self.processes, 1, MAX_PROCESSES)
-        _bool(where, "tta", self.tta)
+        tta_mode(self.tta, f"{where}: tta")
 
     def _validate_parts(self, where: str) -> None:
         """Head, augmentation and stage list: their structure, and every name they use."""

@@ -18,6 +18,13 @@ def finite_number(where: str, name: str, value, optional: bool = False) -> float
             value = float(value)
         except ValueError:
             pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise TransferlabError(f"{where}: {name} must be a number, got {short_repr(value)}")
     return float(value)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float: YAML and JSON read any number of digits
+        return False

@@ -1,7 +1,8 @@
-"""Export a probe run as one file: normalised float images (N, 3, R, R) -> class probabilities.
+"""Export a run as one file: normalised float images (N, 3, R, R) -> class probabilities.
 
-The exported graph is `WithSoftmax(ProbeNetwork)`: backbone, pooled multi-layer features
-and the folded logistic regression. Before the file gets its final name, its outputs are
+The exported graph is `WithSoftmax(network)`: for a probe, backbone, pooled multi-layer
+features and the folded logistic regression; for a fine-tuned run its network; for an
+ensemble every member and their combination; with the test-time augmentation asked for. Before the file gets its final name, its outputs are
 compared with PyTorch's on sample inputs; beyond the tolerance the export fails and
 leaves nothing behind. `model/export.json` records the measured difference and everything
 needed to feed the file (resolution, interpolation, mean, std, classes).
@@ -20,13 +21,14 @@ import numpy as np
 import torch
 
 from transferlab.atomic import atomic_path, write_json
-from transferlab.card import ModelCard
+from transferlab.card import KIND_FILES, ModelCard
 from transferlab.data.images import ImageDecodeError
 from transferlab.data.transforms import normalise, preprocess
 from transferlab.errors import TransferlabError
 from transferlab.inference.probe_network import WithSoftmax
 from transferlab.inference.run_network import RunNetwork, load_run_network
-from transferlab.runs import RunDir, load_complete_run
+from transferlab.options import tta_mode
+from transferlab.runs import RunDir, load_complete_run, open_member, open_run
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 ONNX_OPSET = 17
@@ -38,16 +40,34 @@ REAL_IMAGES = 4
 SEED = 0
 
 
+def _model_folders(run_path: str | Path) -> list[tuple[Path, str]]:
+    """(folder, kind) of each model folder the run's loader reads: its own, and an ensemble's
+    members as its card names them (checked by open_member: names, links, kinds)."""
+    run = open_run(run_path)
+    members = [open_member(run, name) for name in run.card.members] if run.card.kind == "ensemble" else []
+    return [(run.model_dir, run.card.kind)] + [(m.model_dir, m.card.kind) for m in members]
+
+
 def model_fingerprint(run_path: str | Path) -> str:
-    """Hash of the files that define a run's model: names the model, detects stale exports."""
-    model_dir = RunDir(run_path).model_dir
+    """Hash of the files that define a run's model: names the model, detects stale exports.
+
+    Only the files its kind's loader reads (card.KIND_FILES), of the members its card names:
+    a stray file in a handed-over folder is never read. Same digest as before for probe and
+    fine-tuned runs (same folder name, same files in the same order).
+    """
     digest = hashlib.blake2b(digest_size=8)
-    for name in ("model.json", "backbone.safetensors", "classifier.skops", "network.safetensors"):
-        if not (model_dir / name).is_file():
-            continue  # probe runs have backbone + classifier, fine-tuned runs one network
-        with open(model_dir / name, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+    for folder, kind in _model_folders(run_path):
+        digest.update(folder.name.encode())
+        for name in KIND_FILES[kind]:
+            file = folder / name
+            if not file.is_file():
+                continue
+            try:
+                with open(file, "rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError as exc:
+                raise TransferlabError(f"{file}: cannot read ({type(exc).__name__})") from None
     return digest.hexdigest()
 
 
@@ -160,8 +180,11 @@ def _exporter(fmt: str):
 
 
 def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None,
-               tolerance: float = 1e-4) -> Path:
-    """Write the run's whole probe as ONNX or TorchScript; returns the file's path.
+               tolerance: float = 1e-4, tta: str | None = None) -> Path:
+    """Write the run's whole model as ONNX or TorchScript; returns the file's path.
+
+    `tta`: test-time augmentation built into the graph (default: the card's), recorded in
+    model/export.json so that serving checks it asked for the same.
 
     Raises TransferlabError (and writes nothing) for a run that is not a complete probe,
     a head that does not fold into a linear layer, or outputs that differ from PyTorch's
@@ -171,7 +194,13 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         raise TransferlabError(f"unknown export format '{fmt}': choose from {', '.join(FORMATS)}")
     run = load_complete_run(run_dir)
     loaded = load_run_network(run.path)  # TransferlabError for probe heads that are not linear
-    network = WithSoftmax(loaded.network, flip_tta=loaded.card.tta).eval()
+    if not getattr(loaded.network, "exportable", True):
+        raise TransferlabError(f"{run.path}: a member of this ensemble has a probe head that is not a logistic "
+                               "regression; only those fold into an exported graph")
+    mode = loaded.card.tta if tta is None else tta_mode(tta)
+    if tta is not None and hasattr(loaded.network, "drop_member_tta"):
+        loaded.network.drop_member_tta()  # an ensemble: --tta replaces each member's own mode
+    network = WithSoftmax(loaded.network, mode).eval()
     resolution = loaded.card.resolution
     samples, n_real = _sample_inputs(run, loaded.card)
     target = Path(out) if out is not None else run.model_dir / FORMATS[fmt]
@@ -186,6 +215,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
                 f"exceeds the tolerance {tolerance:g}; nothing was written")
     _record(run, fmt, target, {
         "exporter": exporter,
+        "tta": mode,
         "max_abs_diff": diff,
         "tolerance": tolerance,
         "samples": {"random": sum(RANDOM_BATCHES), "images": n_real},

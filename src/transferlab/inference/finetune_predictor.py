@@ -15,11 +15,12 @@ from transferlab.errors import TransferlabError
 from transferlab.finetune.head import check_head
 from transferlab.finetune.network import FinetuneNet, predict_probabilities
 from transferlab.inference.predictor import Predictor
-from transferlab.runs import open_run
+from transferlab.options import tta_mode
+from transferlab.runs import OpenModel, OpenRun, open_model
 
 
-def load_finetune_net(run_path: str | Path) -> tuple[FinetuneNet, ModelCard]:
-    run = open_run(run_path)
+def load_finetune_net(run_path: str | Path | OpenRun | OpenModel) -> tuple[FinetuneNet, ModelCard]:
+    run = open_model(run_path)  # a run folder, or an ensemble's member
     card, where = run.card, str(run.model_dir / "model.json")
     if card.kind != "finetune":
         raise TransferlabError(f"{run.path}: model kind '{card.kind}' is not a fine-tuned network")
@@ -33,11 +34,12 @@ def load_finetune_net(run_path: str | Path) -> tuple[FinetuneNet, ModelCard]:
 
 
 class FinetunePredictor(Predictor):
-    def __init__(self, run_path: str | Path):
+    def __init__(self, run_path: str | Path | OpenRun | OpenModel, tta: str | None = None):
         self.net, self.card = load_finetune_net(run_path)
         self.classes = list(self.card.classes)
         self.resolution = self.card.resolution
         self.interpolation = self.card.interpolation
+        self.tta = self.card.tta if tta is None else tta_mode(tta)
 
     def predict_tensor(self, images_uint8: torch.Tensor) -> np.ndarray:
-        return predict_probabilities(self.net, images_uint8, self.card.inference_precision, self.card.tta)
+        return predict_probabilities(self.net, images_uint8, self.card.inference_precision, self.tta)

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transferlab.inference.ensemble_network import EnsemblePredictor
 from transferlab.inference.finetune_predictor import FinetunePredictor
 from transferlab.inference.predictor import Prediction, Predictor
 from transferlab.inference.probe_predictor import ProbePredictor
 from transferlab.runs import open_run
 
-PREDICTORS: dict[str, type[Predictor]] = {"probe": ProbePredictor, "finetune": FinetunePredictor}
+PREDICTORS: dict[str, type[Predictor]] = {"probe": ProbePredictor, "finetune": FinetunePredictor,
+                                          "ensemble": EnsemblePredictor}
 
 
-def load_predictor(run_path: str | Path) -> Predictor:
-    """The right predictor for a run folder, chosen by its model card's kind."""
-    return PREDICTORS[open_run(run_path).card.kind](run_path)
+def load_predictor(run_path: str | Path, tta: str | None = None) -> Predictor:
+    """The right predictor for a run folder, chosen by its model card's kind; `tta`: a
+    test-time augmentation mode to use instead of the card's."""
+    return PREDICTORS[open_run(run_path).card.kind](run_path, tta=tta)
 
 
 def predictions_csv(results: list[Prediction]) -> list[list]:

@@ -25,7 +25,8 @@ class Prediction:
 class Predictor:
     """A finished run's model, loaded once: uint8 image batches -> class probabilities.
 
-    Subclasses set `card`, `classes`, `resolution`, `interpolation` and implement `predict_tensor`.
+    Subclasses set `card`, `classes`, `resolution`, `interpolation`, `tta` (the test-time
+    augmentation mode they apply) and implement `predict_tensor`.
     Inputs may be paths (`predict_paths`), or PIL images and NumPy arrays (`predict_images`).
     """
 
@@ -33,6 +34,7 @@ class Predictor:
     classes: list[str]
     resolution: int
     interpolation: str
+    tta: str = "none"
 
     def predict_tensor(self, images_uint8: torch.Tensor) -> np.ndarray:
         raise NotImplementedError

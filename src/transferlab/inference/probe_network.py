@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from transferlab.classifiers.linear import fold_linear_head
+from transferlab.data.tta import average_probabilities
 from transferlab.features.extract import PooledFeatures
 from transferlab.inference.probe_predictor import ProbeParts
+from transferlab.options import tta_mode
 
 
 class ProbeNetwork(nn.Module):
@@ -30,20 +32,17 @@ class ProbeNetwork(nn.Module):
 class WithSoftmax(nn.Module):
     """Wraps a logits network so its output is probabilities (what export ships).
 
-    With `flip_tta` it averages the probabilities of the image and its mirror image, as the
-    run's own predictions do when it was trained with test-time augmentation.
+    With test-time augmentation `tta` (a data.tta mode) it averages the probabilities of the
+    views, exactly as the predictors do, so an exported file predicts what `predict` does.
     """
 
-    def __init__(self, network: nn.Module, flip_tta: bool = False):
+    def __init__(self, network: nn.Module, tta: str = "none"):
         super().__init__()
         self.network = network
-        self.flip_tta = flip_tta
+        self.tta = tta_mode(tta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probabilities = torch.softmax(self.network(x), dim=1)
-        if self.flip_tta:
-            probabilities = (probabilities + torch.softmax(self.network(torch.flip(x, dims=[3])), dim=1)) / 2
-        return probabilities
+        return average_probabilities(lambda view: torch.softmax(self.network(view), dim=1), x, self.tta)
 
 
 def build_probe_network(parts: ProbeParts) -> ProbeNetwork:

@@ -14,8 +14,10 @@ from transferlab.card import ModelCard
 from transferlab.classifiers.heads import load_classifier
 from transferlab.errors import TransferlabError
 from transferlab.features.extract import ExtractionSettings, FeatureExtractor
+from transferlab.data.tta import tta_views
 from transferlab.inference.predictor import Predictor
-from transferlab.runs import open_run
+from transferlab.options import tta_mode
+from transferlab.runs import OpenModel, OpenRun, open_model
 
 
 @dataclass
@@ -29,8 +31,8 @@ class ProbeParts:
     classes: list[str]
 
 
-def load_probe_parts(run_path: str | Path) -> ProbeParts:
-    run = open_run(run_path)
+def load_probe_parts(run_path: str | Path | OpenRun | OpenModel) -> ProbeParts:
+    run = open_model(run_path)  # a run folder, or an ensemble's member
     card = run.card
     if card.kind != "probe":
         raise TransferlabError(f"{run.path}: model kind '{card.kind}' is not supported here")
@@ -48,9 +50,10 @@ def load_probe_parts(run_path: str | Path) -> ProbeParts:
 
 
 class ProbePredictor(Predictor):
-    """Backbone + classifier of a probe run."""
+    """Backbone + classifier of a probe run; with test-time augmentation `tta` (default: the
+    card's), the classifier's probabilities are averaged over the views' features."""
 
-    def __init__(self, run_path: str | Path):
+    def __init__(self, run_path: str | Path | OpenRun | OpenModel, tta: str | None = None):
         parts = load_probe_parts(run_path)
         self.card = parts.card
         self.classes = parts.classes
@@ -59,10 +62,16 @@ class ProbePredictor(Predictor):
         self.interpolation = parts.backbone.interpolation
         self.extractor = FeatureExtractor(parts.backbone, parts.settings)
         self.classifier = parts.classifier
+        self.tta = self.card.tta if tta is None else tta_mode(tta)
 
     def predict_tensor(self, images_uint8: torch.Tensor) -> np.ndarray:
         """(B, 3, R, R) uint8 -> (B, n_classes) probabilities."""
-        features = self.extractor(images_uint8)
+        if self.tta == "none":
+            return self._probabilities(self.extractor(images_uint8))
+        views = tta_views(self.tta, self.extractor.normalise(images_uint8))
+        return sum(self._probabilities(self.extractor.from_normalised(view)) for view in views) / len(views)
+
+    def _probabilities(self, features: np.ndarray) -> np.ndarray:
         try:
             known = self.classifier.predict_proba(features)
         except ValueError as exc:  # a head trained on other features (a tampered or mixed-up run)

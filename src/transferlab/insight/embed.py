@@ -240,6 +240,9 @@ def embed_run(
     """
     run = open_run(run_dir)
     card = run.card
+    if card.kind not in RUN_EXTRACTORS:
+        raise TransferlabError(f"{run.path}: an {card.kind} has no one feature space to map; embed one of its "
+                               "member runs instead")
     classes = list(card.classes)
     images = _run_images(run.path, classes)
     if splits is not None:

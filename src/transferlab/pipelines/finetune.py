@@ -39,7 +39,7 @@ from transferlab.finetune.train import (
     load_stage_weights,
     train_stage,
 )
-from transferlab.options import check_file, check_folder
+from transferlab.options import check_file, check_folder, tta_mode
 from transferlab.pipelines.evaluation import CamSource, SplitPredictions
 from transferlab.pipelines.finetune_config import FinetuneConfig
 from transferlab.pipelines.finetune_state import STATE_FILE, fingerprint, open_state, resume_config
@@ -203,7 +203,7 @@ def _card(config: FinetuneConfig, setup: TrainingSetup) -> ModelCard:
                      resolution=setup.resolution, mean=backbone.mean, std=backbone.std,
                      interpolation=backbone.interpolation, weights_source=backbone.source,
                      precision=setup.precision, inference_precision=INFERENCE_PRECISION, head=list(recipe.head),
-                     tta=bool(recipe.tta), cut_after=config.cut_after)
+                     tta=tta_mode(recipe.tta), cut_after=config.cut_after)
 
 
 def _save_weights(net: FinetuneNet, model_dir: Path) -> None:

@@ -55,7 +55,7 @@ def data_summary(data: PreparedData) -> dict:
 class RunEnd:
     """What a pipeline hands to `finish_run`."""
 
-    kind: str  # "probe" or "finetune": run.json's kind
+    kind: str  # "probe", "finetune" or "ensemble": run.json's kind
     title: str  # of the evaluation plots, e.g. "resnet50 + logreg"
     report_title: str  # of report.html
     classes: list[str]
@@ -75,6 +75,7 @@ class RunEnd:
     extra_metrics: dict = field(default_factory=dict)  # e.g. the fine-tune's stages
     error_grid: int = 12  # most confidently wrong images shown per split (with CAM); 0 skips
     embed: str = "pca,tsne"  # feature maps of the evaluated split; "" skips
+    sections: list[tuple[str, str]] = field(default_factory=list)  # (title, HTML) the report shows first
 
 
 @dataclass
@@ -95,6 +96,7 @@ def finish_run(run: RunDir, end: RunEnd, timer: Timer) -> RunResult:
                               baseline_name=end.baseline_name, cam=end.cam, cam_unavailable=end.cam_unavailable,
                               error_grid=end.error_grid)
     metrics = {**evaluation.metrics, **end.extra_metrics}
+    evaluation.sections[:0] = end.sections
     warnings += evaluation.warnings
     timer.lap("evaluate")
     evaluated = end.splits[-1]

@@ -42,7 +42,7 @@ from transferlab.serve.schemas import RunDescription, SplitMetrics
 from transferlab.serve.uploads import UploadError
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-KIND_WORDS = {"probe": "probe", "finetune": "fine-tuned"}
+KIND_WORDS = {"probe": "probe", "finetune": "fine-tuned", "ensemble": "ensemble"}
 
 
 def _headline_metrics(run_path: Path) -> dict[str, SplitMetrics]:
@@ -104,7 +104,7 @@ ERROR_HANDLERS = {UploadError: _upload_error, Overloaded: _overloaded, Starlette
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the model and start the batcher and decode pool for `app.state.settings`; stop them after."""
     s: Settings = app.state.settings
-    predictor = load_engine(s.run_path, s.engine)
+    predictor = load_engine(s.run_path, s.engine, s.tta)
     batcher = MicroBatcher(predictor.predict_uint8, max_batch=s.max_batch, max_wait_s=s.max_wait_ms / 1000)
     decode_pool = ThreadPoolExecutor(max_workers=s.decode_threads or min(4, os.cpu_count() or 1),
                                      thread_name_prefix="transferlab-decode")
@@ -141,16 +141,17 @@ def create_app(run_dir: str | Path, engine: str = "torch", max_upload_bytes: int
                decode_threads: int | None = None, decode_memory_bytes: int = DEFAULT_DECODE_MEMORY_BYTES,
                decode_wait_s: float = DEFAULT_DECODE_WAIT_S,
                max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, tta: str | None = None) -> FastAPI:
     """A FastAPI app serving the run (probe or fine-tuned) in `run_dir` with `engine` ("torch" or "onnx").
 
     Raises TransferlabError at once for an unusable run (incomplete, a kind that cannot be
     served, an unreadable model/model.json, no current ONNX export for engine="onnx") or a
     bad setting; the model itself is loaded when the app starts. `allowed_hosts` (e.g.
     ["example.org", "*.example.org"]) answers 400 to any other Host header; None accepts all.
+    `tta`: test-time augmentation instead of the run's own (engine="onnx": the export must hold it).
     """
     run_path = Path(run_dir)
-    check_engine(run_path, engine)
+    check_engine(run_path, engine, tta)
     _check_limits(allowed_hosts, max_upload_bytes=max_upload_bytes, top_k=top_k, max_batch_files=max_batch_files,
                   max_batch=max_batch, decode_memory_bytes=decode_memory_bytes,
                   max_concurrent_batches=max_concurrent_batches)
@@ -163,7 +164,7 @@ def create_app(run_dir: str | Path, engine: str = "torch", max_upload_bytes: int
                              f"`{run_path.resolve().name}` ({describe.backbone}).")
     app.state.settings = Settings(run_path, engine, describe, _headline_metrics(run_path), top_k, max_upload_bytes,
                                   max_batch_files, max_batch, max_wait_ms, decode_threads, decode_memory_bytes,
-                                  decode_wait_s, max_concurrent_batches)
+                                  decode_wait_s, max_concurrent_batches, tta)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.include_router(router)
@@ -181,7 +182,7 @@ def app_from_environment() -> FastAPI:
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, engine: str = "torch",
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, top_k: int = 3, log_level: str = "info",
           allowed_hosts: list[str] | None = None, max_concurrent_batches: int = DEFAULT_MAX_CONCURRENT_BATCHES,
-          decode_memory_bytes: int = DEFAULT_DECODE_MEMORY_BYTES) -> None:
+          decode_memory_bytes: int = DEFAULT_DECODE_MEMORY_BYTES, tta: str | None = None) -> None:
     """Run the app with uvicorn. Binds 127.0.0.1 unless told otherwise (0.0.0.0 in a container)."""
     import uvicorn  # local: creating an app in tests needs no server
 
@@ -189,7 +190,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, worker
         raise TransferlabError(f"workers must be at least 1, got {workers}")
     settings = {"run_dir": str(Path(run_dir).resolve()), "engine": engine, "max_upload_bytes": max_upload_bytes,
                 "top_k": top_k, "allowed_hosts": allowed_hosts, "max_concurrent_batches": max_concurrent_batches,
-                "decode_memory_bytes": decode_memory_bytes}
+                "decode_memory_bytes": decode_memory_bytes, "tta": tta}
     app = create_app(**settings)  # fails here, with one line, for an unusable run
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)

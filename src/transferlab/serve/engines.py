@@ -16,8 +16,10 @@ import torch
 
 from transferlab.card import ModelCard
 from transferlab.errors import TransferlabError
+from transferlab.inference.ensemble_network import check_ensemble
 from transferlab.inference.export import INPUT_NAME, OUTPUT_NAME, model_fingerprint
 from transferlab.inference.predict import load_predictor
+from transferlab.options import tta_mode
 from transferlab.runs import load_complete_run, open_run, read_json_object
 
 ENGINES = ("torch", "onnx")
@@ -32,6 +34,7 @@ class Predictor(Protocol):
     classes: list[str]
     resolution: int
     interpolation: str
+    tta: str  # test-time augmentation the model's predictions average over
 
     def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, R, R) uint8 -> (B, n_classes) float32 probabilities."""
@@ -73,8 +76,9 @@ class TorchEngine:
 
     engine = "torch"
 
-    def __init__(self, run_path: str | Path):
-        self._predictor = load_predictor(run_path)
+    def __init__(self, run_path: str | Path, tta: str | None = None):
+        self._predictor = load_predictor(run_path, tta=tta)
+        self.tta = self._predictor.tta
         path = Path(run_path)
         self.fingerprint = model_fingerprint(path)
         self.model_id = model_id(path, self.fingerprint)
@@ -86,8 +90,17 @@ class TorchEngine:
         return self._predictor.predict_tensor(torch.from_numpy(batch)).astype(np.float32)
 
 
-def onnx_model_path(run_path: str | Path) -> Path:
-    """model/model.onnx of a complete run, checked to be exported from the run's current model."""
+def exported_tta(record: dict) -> str:
+    """The test-time augmentation an export record says its graph holds ("none" before modes existed)."""
+    try:
+        return tta_mode(record.get("tta"))
+    except TransferlabError:
+        return "unknown"
+
+
+def onnx_model_path(run_path: str | Path, tta: str | None = None) -> Path:
+    """model/model.onnx of a complete run, checked to be exported from the run's current model
+    (and, when `tta` is given, with that test-time augmentation in its graph)."""
     run = load_complete_run(run_path)
     path = run.model_dir / "model.onnx"
     if not path.is_file():
@@ -98,6 +111,10 @@ def onnx_model_path(run_path: str | Path) -> Path:
         raise TransferlabError(
             f"{path} was not exported from this run's current model; "
             f"run `transferlab export {run.path} --format onnx` again")
+    if tta is not None and exported_tta(record) != tta_mode(tta):
+        raise TransferlabError(
+            f"{path} was exported with test-time augmentation '{exported_tta(record)}', not '{tta_mode(tta)}'; "
+            f"run `transferlab export {run.path} --format onnx --tta {tta_mode(tta)}` to serve it that way")
     return path
 
 
@@ -106,11 +123,12 @@ class OnnxEngine:
 
     engine = "onnx"
 
-    def __init__(self, run_path: str | Path, threads: int | None = None):
+    def __init__(self, run_path: str | Path, threads: int | None = None, tta: str | None = None):
         import onnxruntime as ort  # local: the torch engine does not need it
 
         path = Path(run_path)
-        model_file = onnx_model_path(path)
+        model_file = onnx_model_path(path, tta)
+        self.tta = exported_tta(read_export_record(path / "model").get("onnx", {}))
         card = model_card(path)
         self.fingerprint = model_fingerprint(path)
         self.model_id = model_id(path, self.fingerprint)
@@ -135,16 +153,20 @@ class OnnxEngine:
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float32, copy=False)
 
 
-def check_engine(run_path: str | Path, engine: str) -> None:
+def check_engine(run_path: str | Path, engine: str, tta: str | None = None) -> None:
     """Cheap checks before start-up, so `serve` fails with one line instead of in the lifespan."""
     if engine not in ENGINES:
         raise TransferlabError(f"unknown engine '{engine}': choose from {', '.join(ENGINES)}")
+    if tta is not None:
+        tta_mode(tta)
     run = load_complete_run(run_path)
-    model_card(run.path)
+    if model_card(run.path).kind == "ensemble":
+        check_ensemble(run.path)  # member cards and combination: a crafted member is one line, not a lifespan traceback
     if engine == "onnx":
-        onnx_model_path(run.path)
+        onnx_model_path(run.path, tta)
 
 
-def load_engine(run_path: str | Path, engine: str = "torch") -> Predictor:
-    check_engine(run_path, engine)
-    return TorchEngine(run_path) if engine == "torch" else OnnxEngine(run_path)
+def load_engine(run_path: str | Path, engine: str = "torch", tta: str | None = None) -> Predictor:
+    """`tta`: test-time augmentation instead of the card's (torch) or the one the export must hold (onnx)."""
+    check_engine(run_path, engine, tta)
+    return TorchEngine(run_path, tta=tta) if engine == "torch" else OnnxEngine(run_path, tta=tta)

@@ -62,6 +62,7 @@ class Settings:
     decode_memory_bytes: int
     decode_wait_s: float
     max_concurrent_batches: int
+    tta: str | None = None  # test-time augmentation asked for; None: the run's own (or the export's)
 
 
 @dataclass
@@ -207,7 +208,7 @@ async def model(s: SettingsDep, svc: ServiceDep) -> dict:
     p = svc.predictor
     return {**s.describe.model_dump(), "model": p.model_id, "engine": p.engine, "run": s.run_path.resolve().name,
             "classes": p.classes, "input_size": [3, p.resolution, p.resolution],
-            "interpolation": p.interpolation, "engine_max_abs_diff": svc.differences,
+            "interpolation": p.interpolation, "tta": p.tta, "engine_max_abs_diff": svc.differences,
             "metrics": {k: v.model_dump() for k, v in s.metrics.items()}, "top_k": s.top_k,
             "max_upload_bytes": s.max_upload_bytes, "max_batch_files": s.max_batch_files}
 

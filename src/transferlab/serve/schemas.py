@@ -85,7 +85,7 @@ class SplitMetrics(_Strict):
 class RunDescription(_Strict):
     """What model/model.json (checked when the app is made) says about the served model."""
 
-    kind: Literal["probe", "finetune"]
+    kind: Literal["probe", "finetune", "ensemble"]
     backbone: str
     classes: list[str] = Field(min_length=1)
     weights_source: str | None = None
@@ -101,6 +101,8 @@ class ModelInfo(RunDescription):
     run: str
     input_size: list[int] = Field(min_length=3, max_length=3)
     interpolation: str
+    tta: str = Field(description="test-time augmentation each prediction averages over: none, flip, crops "
+                                 "or flip-crops")
     engine_max_abs_diff: dict[str, float] = Field(
         description="per exported format whose export matches this model: the largest absolute difference "
                     "of its probabilities from PyTorch's, measured at export (model/export.json)")

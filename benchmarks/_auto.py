@@ -1,0 +1,116 @@
+"""Shared by auto_heritage.py and auto_elpv.py: `transferlab auto` against the default probe.
+
+Runs, in one process tree on a quiet machine: the default probe (`transferlab probe DATA`,
+its own fresh feature cache, the reference the issue's targets are stated against), then
+`transferlab auto DATA --budget B` in a fresh folder (its own cache: every feature it uses is
+extracted within its budget). Records wall time against the budget (+10% allowed), peak
+RSS, the chosen run's validation accuracy and macro F1 against the probe's, the paper's
+per-class F1 where a baseline is given, and auto's own ablation table from plan.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, machine_info, machine_line, md_table, now, update_section  # noqa: E402
+
+LAUNCH = "from transferlab.cli import main; main()"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def transferlab(*args: str, env: dict | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", LAUNCH, *args], check=True, env=env)
+    return time.perf_counter() - started
+
+
+def default_probe(data: str, work: Path, baseline: str | None) -> dict:
+    out = work / "default-probe"
+    args = ["probe", data, "--out", str(out), "--cache-dir", str(work / "probe-cache"), "--quiet"]
+    if baseline:
+        args += ["--baseline", baseline]
+    log("default probe")
+    wall = transferlab(*args)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"wall": wall, "metrics": metrics, "command": "transferlab " + " ".join(args)}
+
+
+def auto(data: str, work: Path, budget: str, baseline: str | None, label: str) -> dict:
+    out = work / f"auto-{label}"
+    args = ["auto", data, "--budget", budget, "--out", str(out), "--quiet"]
+    if baseline:
+        args += ["--baseline", baseline]
+    log(f"auto --budget {budget}")
+    wall = transferlab(*args)
+    result = json.loads((out / "result.json").read_text())
+    metrics = json.loads((Path(result["run"]) / "metrics.json").read_text())
+    plan = (out / "plan.md").read_text(encoding="utf-8")
+    return {"wall": wall, "result": result, "metrics": metrics, "plan": plan, "out": out,
+            "command": "transferlab " + " ".join(args)}
+
+
+def ablation(plan: str) -> str:
+    match = re.search(r"## What each step contributed.*?\n\n(\|.*?)(?:\n\n|\Z)", plan, re.S)
+    return match.group(1).strip() if match else "(no ablation table in plan.md)"
+
+
+def decisions(plan: str) -> str:
+    match = re.search(r"## Decisions\n\n(.*?)(?:\n\n|\Z)", plan, re.S)
+    return match.group(1).strip() if match else ""
+
+
+def section(name: str, title: str, probe: dict, runs: list[tuple[str, float, dict]], targets: list[str],
+            argv_script: str) -> None:
+    info = machine_info()
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    pm = probe["metrics"]["val"]
+    rows = [["default probe", f"{pm['accuracy']:.4f}", f"{pm['macro_f1']:.4f}",
+             _beats(probe["metrics"]), f"{probe['wall']:.0f}", "-", "-"]]
+    blocks = []
+    for budget, seconds, r in runs:
+        m = r["metrics"]["val"]
+        within = r["wall"] <= seconds * 1.10
+        rows.append([f"auto --budget {budget}", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}",
+                     _beats(r["metrics"]), f"{r['wall']:.0f}", f"{seconds:.0f} (+10%: {'held' if within else 'NOT held'})",
+                     Path(r["result"]["run"]).name + (f" + --tta {r['result']['tta']}" if r["result"]["tta"] != "none"
+                                                      else "")])
+        blocks.append(f"### auto --budget {budget}: decisions\n\n`{r['command']}`\n\n{decisions(r['plan'])}\n\n"
+                      f"What each step contributed:\n\n{ablation(r['plan'])}\n")
+    body = f"""## {title}
+
+- command: `{command_line(None, argv_script)}`
+- date: {now()}
+- machine: {machine_line(info)}; peak RSS of the largest child process {peak:.0f} MiB
+- reference: `{probe['command']}`
+{chr(10).join('- ' + t for t in targets)}
+
+{md_table(["run", "val accuracy", "val macro F1", "paper F1 beaten", "wall s", "budget s", "chosen"], rows)}
+
+{chr(10).join(blocks)}
+"""
+    update_section(name, body)
+    print(body)
+
+
+def _beats(metrics: dict) -> str:
+    b = metrics.get("baseline")
+    return f"{b['beats']} of {b['of']}" if isinstance(b, dict) and "beats" in b else "-"
+
+
+def workdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+os.environ.setdefault("TRANSFERLAB_OFFLINE", "1")

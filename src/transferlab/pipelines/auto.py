@@ -1,0 +1,201 @@
+"""`run_auto`: the best model this CPU can find for an image folder within a wall-clock budget.
+
+The plan, each step only when its estimate (from throughput measured here, see
+`auto_plan`) fits what is left of the budget:
+
+1. rank: extract features of a subsample with every candidate backbone (timing this
+   machine) and order the backbones by LogME;
+2. probe the backbones in that order;
+3. fine-tune the best one or two probed backbones with the fast cached-prefix recipe;
+4. test-time augmentation: flip on the best single run, kept when validation accuracy rises;
+5. ensemble (greedy selection, cross-validated on validation) of every finished run, kept when its
+   out-of-fold validation accuracy beats the best single run.
+
+Every step is an ordinary run folder under OUT/runs/; OUT/plan.md logs each decision with
+its reason and figure, and what each step contributed; OUT/auto.json holds the state, and
+OUT/result.json names the chosen run (a run folder predict, serve and export accept).
+Re-running the same command after a kill keeps finished runs, resumes a killed fine-tune,
+and counts the time already spent against the budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transferlab.atomic import write_json
+from transferlab.errors import TransferlabError
+from transferlab.features.extract import default_workers
+from transferlab.finetune.recipe import Recipe, recipe_from_saved
+from transferlab.options import check_file, check_folder
+from transferlab.pipelines.auto_plan import Budget, PlanLog, Throughput, seconds_text
+from transferlab.pipelines.auto_steps import (
+    AutoContext,
+    StepResult,
+    ensemble_step,
+    finetune_step,
+    probe_step,
+    rank_step,
+    tta_step,
+)
+from transferlab.runs import read_json_object
+
+PACKAGED = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+STATE_FILE = "auto.json"
+# The fast recipe (recipes/heritage-fast.yaml) without its backbone: each fine-tune sets that.
+FAST_RECIPE = {
+    "precision": "auto", "augment": "light", "augment_draws": 4, "label_smoothing": 0.1, "batch_size": 64,
+    "head": [{"type": "dropout", "p": 0.2}],
+    "stages": [{"train": "head", "epochs": 2, "lr": 0.003, "patience": 2},
+               {"train": "blocks.6,neck,head", "epochs": 6, "lr": 0.001, "head_lr": 0.001, "patience": 3}],
+}
+
+
+@dataclass
+class AutoConfig:
+    data: str
+    out: str
+    budget_s: float = 20 * 60
+    test: str | None = None
+    baseline: str | None = None
+    baseline_partial: bool = False
+    backbones: tuple[str, ...] = PACKAGED
+    recipe: dict = field(default_factory=lambda: dict(FAST_RECIPE))  # fine-tune recipe, less its backbone
+    max_finetunes: int = 2
+    rank_per_class: int = 20  # images per class the ranking step extracts (and times)
+    seed: int = 0
+    workers: int = field(default_factory=default_workers)
+    progress: bool = True
+    on_event: Callable[[str], None] | None = None
+
+
+@dataclass
+class AutoResult:
+    out: Path
+    chosen: Path  # the run folder to use
+    val_accuracy: float
+    plan: Path
+    steps: list[StepResult]
+
+
+def run_auto(config: AutoConfig) -> AutoResult:
+    check_folder(config.data)
+    check_folder(config.test, "test folder")
+    check_file(config.baseline, "baseline CSV")
+    recipe_for(config, config.backbones[0])  # a bad recipe is one line before any work
+    out = Path(config.out)
+    state = _open_state(out, config)
+    budget = Budget(config.budget_s, spent=float(state.get("spent_s", 0.0)))
+    log = PlanLog(out / "plan.md", f"transferlab auto: {Path(config.data).name}, budget "
+                  f"{seconds_text(config.budget_s)}", echo=config.on_event)
+    if state.get("spent_s"):
+        log.add("resume", "note", "continuing a stopped auto: finished runs are kept",
+                f"{seconds_text(state['spent_s'])} already spent")
+    context = AutoContext(config=config, out=out, budget=budget, log=log, recipe_for=lambda b: recipe_for(config, b))
+    try:
+        return _plan(context, state)
+    finally:
+        state["spent_s"] = round(budget.used(), 3)
+        write_json(out / STATE_FILE, state)
+
+
+def _plan(context: AutoContext, state: dict) -> AutoResult:
+    config, budget, log = context.config, context.budget, context.log
+    throughput, order = rank_step(context)
+    steps: list[StepResult] = []
+    for backbone in order:
+        step = probe_step(context, throughput, backbone)
+        if step is not None:
+            steps.append(step)
+    if not steps:
+        raise TransferlabError(f"budget {seconds_text(config.budget_s)}: not even one probe fits on this machine "
+                               f"(one is estimated at {seconds_text(throughput.probe(order[0]))}); give a longer "
+                               "--budget")
+    probes = sorted(steps, key=lambda s: s.val_accuracy, reverse=True)
+    log.ablation.append(["probe only (best of the probes)", f"{probes[0].val_accuracy:.4f}",
+                         f"{probes[0].val_macro_f1:.4f}", probes[0].label])
+    finetunes = _finetunes(context, throughput, [p.backbone for p in probes])
+    steps += finetunes
+    best = max(steps, key=lambda s: s.val_accuracy)
+    if finetunes:
+        top = max(finetunes, key=lambda s: s.val_accuracy)
+        log.ablation.append(["+ fine-tune", f"{top.val_accuracy:.4f}", f"{top.val_macro_f1:.4f}", top.label])
+    log.ablation.append(["+ resolution", "-", "-", "not tried: the runs use the resolution chosen from the images"])
+    tta = tta_step(context, throughput, best)
+    ensemble = ensemble_step(context, throughput, steps, best, tta)
+    chosen = ensemble or (tta if tta is not None and tta.val_accuracy > best.val_accuracy else best)
+    result = {"run": str(chosen.run), "label": chosen.label, "val_accuracy": chosen.val_accuracy,
+              "tta": chosen.tta, "seconds": round(budget.used(), 1), "budget_s": config.budget_s}
+    write_json(context.out / "result.json", result)
+    log.add("result", "note", f"the model to use is {chosen.run}" + (f" with --tta {chosen.tta}" if
+                                                                      chosen.tta != "none" else ""),
+            f"val accuracy {chosen.val_accuracy:.4f}; {seconds_text(budget.used())} of "
+            f"{seconds_text(config.budget_s)}")
+    log.write()
+    return AutoResult(context.out, chosen.run, chosen.val_accuracy, log.path, steps)
+
+
+def _finetunes(context: AutoContext, throughput: Throughput, ranked: list[str]) -> list[StepResult]:
+    done = []
+    for backbone in ranked[: context.config.max_finetunes]:
+        # Keep room for scoring an ensemble of what is there by then.
+        reserve = throughput.ensemble(ranked + [backbone] * (len(done) + 1))
+        step = finetune_step(context, throughput, backbone, reserve)
+        if step is None:
+            break
+        done.append(step)
+    return done
+
+
+def recipe_for(config: AutoConfig, backbone: str) -> Recipe:
+    data = {**config.recipe, "backbone": backbone, "seed": config.seed}
+    recipe = recipe_from_saved(data, "auto recipe")
+    recipe.validate("auto recipe")
+    return recipe
+
+
+def _fingerprint(config: AutoConfig) -> str:
+    keys = {"data": str(Path(config.data).resolve()), "test": config.test, "baseline": config.baseline,
+            "backbones": list(config.backbones), "recipe": config.recipe, "seed": config.seed,
+            "budget_s": config.budget_s, "max_finetunes": config.max_finetunes}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_spent(spent, path: Path) -> None:
+    """The seconds an earlier invocation used: the budget counts them, so a number >= 0 that a float holds."""
+    ok = isinstance(spent, (int, float)) and not isinstance(spent, bool)
+    try:
+        ok = ok and math.isfinite(spent) and spent >= 0
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise TransferlabError(f"{path}: field 'spent_s' must be a number of seconds >= 0; give a new --out")
+
+
+def _open_state(out: Path, config: AutoConfig) -> dict:
+    """auto.json of an earlier run of the same command, or a fresh state; anything else is refused."""
+    fingerprint = _fingerprint(config)
+    path = out / STATE_FILE
+    if out.is_symlink():  # resumed or new: writing through a link writes wherever it points
+        raise TransferlabError(f"{out}: is a link; give the real folder as --out")
+    if path.is_file():
+        state = read_json_object(path, "auto state")
+        if state.get("fingerprint") != fingerprint:
+            raise TransferlabError(f"{out}: holds an auto run of another command (data, budget or settings); "
+                                   "give a new --out")
+        _check_spent(state.get("spent_s", 0.0), path)
+        return state
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TransferlabError(f"{out}: exists and is not an auto folder; refusing to write into it: choose a new "
+                               "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"fingerprint": fingerprint, "config": dataclasses.asdict(config) | {"on_event": None},
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "spent_s": 0.0}
+    write_json(path, state)
+    return state

@@ -1,0 +1,142 @@
+"""The bookkeeping of `transferlab auto`: the budget, the cost estimates, and the decision log.
+
+Costs are estimated from this machine's measured throughput (the ranking step times feature
+extraction of a subsample with each backbone) in units of "passes": one forward pass of a
+backbone over every image of the folder, decoding included. A probe is about one pass; the
+fast fine-tune recipe about `FINETUNE_PASSES` (calibrated on Architectural Heritage with
+tf_efficientnet_lite0: cached activations of 4 augmentation draws, then 6 epochs of the top
+group, then the evaluation). After every step the ratio of measured to estimated time
+rescales the estimates still to come, so a machine slower than the calibration (or a busy
+one) shrinks the plan instead of overrunning the budget.
+
+Every decision goes to `plan.md` with its reason and the figure behind it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transferlab.atomic import write_text
+
+FINETUNE_PASSES = 7.0  # fast recipe / one extraction pass (heritage, lite0: 216 s against ~30 s)
+PROBE_PASSES = 1.2  # extraction, fit, evaluation and report
+# Every member re-scored on the validation images, per view, in fp32 (extraction, which the
+# ranking times, runs in bf16): measured 1.6-3.5 passes on heritage and elpv; 1.5 overran an
+# elpv 10-minute budget by 24%.
+ENSEMBLE_VAL_PASSES = 3.5
+FIXED_SECONDS = 8.0  # per step: model load, report, process start-up
+SAFETY = 1.15  # plans keep this margin on every estimate
+
+
+@dataclass
+class Budget:
+    """Wall-clock seconds for the whole command; `spent` carries over a killed run's time."""
+
+    seconds: float
+    spent: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    scale: float = 1.0  # measured / estimated time of the steps so far (>1: this machine is slower)
+
+    def used(self) -> float:
+        return self.spent + time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.seconds - self.used()
+
+    def fits(self, estimate: float, reserve: float = 0.0) -> bool:
+        return estimate * self.scale * SAFETY + reserve * self.scale <= self.left()
+
+    def learn(self, estimated: float, measured: float) -> None:
+        """Rescale later estimates by what this step really took (the worst ratio so far wins
+        only gradually: one lucky step does not undo a slow machine)."""
+        if estimated > 0 and measured > 0:
+            self.scale = max(0.5, 0.5 * self.scale + 0.5 * measured / estimated)
+
+
+@dataclass
+class Throughput:
+    """Measured on this machine by the ranking step: seconds per image of one backbone pass."""
+
+    seconds_per_image: dict[str, float]  # backbone -> seconds per image (decode + forward)
+    images: int  # images in the folder (train + validation)
+    val_images: int
+
+    def probe(self, backbone: str) -> float:
+        return FIXED_SECONDS + PROBE_PASSES * self.seconds_per_image[backbone] * self.images
+
+    def finetune(self, backbone: str) -> float:
+        return FIXED_SECONDS + FINETUNE_PASSES * self.seconds_per_image[backbone] * self.images
+
+    def views(self, backbone: str, views: int) -> float:
+        """Predicting the validation images again, `views` passes each (test-time augmentation)."""
+        return FIXED_SECONDS + views * self.seconds_per_image[backbone] * self.val_images
+
+    def ensemble(self, backbones: list[str]) -> float:
+        per_image = sum(self.seconds_per_image[b] for b in backbones)
+        return FIXED_SECONDS + ENSEMBLE_VAL_PASSES * per_image * self.val_images
+
+
+@dataclass
+class Decision:
+    step: str
+    action: str  # "run", "skip", "adopt", "reject", "reuse", "note"
+    reason: str
+    figure: str = ""
+
+    def line(self) -> str:
+        figure = f" ({self.figure})" if self.figure else ""
+        return f"- **{self.step}**: {self.action}: {self.reason}{figure}"
+
+
+@dataclass
+class PlanLog:
+    """The decisions in order, written to plan.md after each one (a kill loses none)."""
+
+    path: Path
+    title: str
+    decisions: list[Decision] = field(default_factory=list)
+    ablation: list[list[str]] = field(default_factory=list)  # [step, val accuracy, macro F1, note]
+    echo: object = None  # callable(str) printing each decision as it is made
+
+    def add(self, step: str, action: str, reason: str, figure: str = "") -> None:
+        decision = Decision(step, action, reason, figure)
+        self.decisions.append(decision)
+        if self.echo is not None:
+            self.echo(f"auto: {step}: {action}: {reason}" + (f" ({figure})" if figure else ""))
+        self.write()
+
+    def write(self, footer: str = "") -> None:
+        lines = [f"# {self.title}", "", "## Decisions", ""] + [d.line() for d in self.decisions]
+        if self.ablation:
+            lines += ["", "## What each step contributed (validation split)", "",
+                      "| step | val accuracy | val macro F1 | note |", "|---|---|---|---|"]
+            lines += ["| " + " | ".join(row) + " |" for row in self.ablation]
+        if footer:
+            lines += ["", footer]
+        write_text(self.path, "\n".join(lines) + "\n")
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def parse_budget(text: str | float | int) -> float:
+    """'20m', '90s', '1.5h' or a number of seconds -> seconds (at least 10)."""
+    from transferlab.errors import TransferlabError
+
+    units = {"s": 1, "m": 60, "min": 60, "h": 3600}
+    raw = str(text).strip().lower()
+    number, unit = raw, "s"
+    for suffix in sorted(units, key=len, reverse=True):
+        if raw.endswith(suffix):
+            number, unit = raw[: -len(suffix)], suffix
+            break
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise TransferlabError(f"--budget must be a duration like 20m, 90s or 1.5h, got {text!r}") from None
+    if not 10 <= seconds <= 7 * 24 * 3600:
+        raise TransferlabError(f"--budget must be between 10 s and 7 days, got {text!r}")
+    return seconds

@@ -1,0 +1,223 @@
+"""The steps `run_auto` plans: rank, probe, fine-tune, test-time augmentation, ensemble.
+
+Each step decides whether it fits the budget (logging why, with the estimate and what is
+left), reuses a finished run folder of an earlier invocation, or runs the ordinary pipeline
+into OUT/runs/<step>/ and reports what it measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from transferlab.atomic import write_json
+from transferlab.data.layout import prepare_data
+from transferlab.finetune.recipe import Recipe
+from transferlab.inference.predict import load_predictor
+from transferlab.insight.transferability import rank_backbones
+from transferlab.pipelines.auto_plan import Budget, PlanLog, Throughput, seconds_text
+from transferlab.pipelines.ensemble import EnsembleConfig, run_ensemble
+from transferlab.pipelines.finetune import FinetuneConfig, run_finetune
+from transferlab.pipelines.finetune_state import STATE_FILE as FINETUNE_STATE
+from transferlab.pipelines.probe import ProbeConfig, run_probe
+from transferlab.report.metrics import classification_metrics
+from transferlab.runs import read_json_object, run_status
+
+THROUGHPUT_FILE = "throughput.json"
+# Greedy selection aims at accuracy itself; likelihood weights lean on the best-calibrated
+# members instead (measured on heritage: benchmarks/ensemble_heritage.py).
+ENSEMBLE_METHOD = "select"
+
+
+@dataclass
+class AutoContext:
+    config: object  # pipelines.auto.AutoConfig
+    out: Path
+    budget: Budget
+    log: PlanLog
+    recipe_for: Callable[[str], Recipe]
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / "runs" / name
+
+    @property
+    def cache(self) -> str:
+        return str(self.out / "cache")
+
+
+@dataclass
+class StepResult:
+    label: str  # "probe tf_efficientnet_lite1"
+    kind: str
+    backbone: str
+    run: Path
+    val_accuracy: float
+    val_macro_f1: float
+    seconds: float
+    tta: str = "none"
+
+
+def _short(backbone: str) -> str:
+    return backbone.replace("tf_efficientnet_", "")
+
+
+def _finished(kind: str, backbone: str, run: Path) -> StepResult:
+    metrics = read_json_object(run / "metrics.json", "run metrics")
+    val = metrics.get("val", {})
+    return StepResult(f"{kind} {backbone}", kind, backbone, run, float(val["accuracy"]), float(val["macro_f1"]),
+                      float(metrics.get("timings", {}).get("total", 0.0)))
+
+
+def rank_step(context: AutoContext) -> tuple[Throughput, list[str]]:
+    """Time feature extraction of a subsample with every backbone; order them by LogME."""
+    config, log = context.config, context.log
+    saved = context.out / THROUGHPUT_FILE
+    data = prepare_data(config.data, config.test, 0.2, config.seed, None)  # one line for a bad folder
+    n_val = len(data.split.val)
+    n_all = len(data.split.train) + n_val
+    if saved.is_file():  # a resumed auto: the first measurement stands (its features are cached now)
+        record = read_json_object(saved, "auto throughput")
+        log.add("rank", "reuse", "measured by the earlier invocation", ", ".join(record["order"]))
+        return Throughput(record["seconds_per_image"], n_all, n_val), list(record["order"])
+    started = time.perf_counter()
+    result = rank_backbones(config.data, list(config.backbones), cache_dir=context.cache,
+                            per_class=config.rank_per_class, seed=config.seed, progress=config.progress,
+                            workers=config.workers, runs_root=str(context.out / "no-runs"))
+    per_image = {r.backbone: max(r.extract_seconds, 1e-3) / max(r.images, 1) for r in result.rows}
+    order = [r.backbone for r in result.ranked()]
+    write_json(saved, {"seconds_per_image": per_image, "order": order,
+                       "logme": {r.backbone: r.logme for r in result.rows}})
+    figures = "; ".join(f"{r.backbone} LogME {r.logme:.3f}, {1 / per_image[r.backbone]:.0f} img/s at "
+                        f"{r.resolution}px" for r in result.ranked())
+    log.add("rank", "run", f"{len(result.rows)} backbones timed and ranked by LogME on {result.rows[0].images} "
+            f"training images ({seconds_text(time.perf_counter() - started)}); {n_all} images in all", figures)
+    return Throughput(per_image, n_all, n_val), order
+
+
+def probe_step(context: AutoContext, throughput: Throughput, backbone: str) -> StepResult | None:
+    config, budget, log = context.config, context.budget, context.log
+    run = context.run_dir(f"probe-{_short(backbone)}")
+    label = f"probe {backbone}"
+    if run_status(run) == "complete":
+        step = _finished("probe", backbone, run)
+        log.add(label, "reuse", "finished by the earlier invocation", f"val accuracy {step.val_accuracy:.4f}")
+        return step
+    estimate = throughput.probe(backbone)
+    if not budget.fits(estimate):
+        log.add(label, "skip", "does not fit", f"estimate {seconds_text(estimate * budget.scale)}, "
+                f"{seconds_text(budget.left())} left")
+        return None
+    started = time.perf_counter()
+    run_probe(ProbeConfig(data=config.data, out=str(run), test=config.test, backbone=backbone, seed=config.seed,
+                          baseline=config.baseline, baseline_partial=config.baseline_partial,
+                          workers=config.workers, cache_dir=context.cache, embed="pca", progress=config.progress))
+    measured = time.perf_counter() - started
+    budget.learn(estimate, measured)
+    step = _finished("probe", backbone, run)
+    log.add(label, "run", f"estimate {seconds_text(estimate)}, took {seconds_text(measured)}",
+            f"val accuracy {step.val_accuracy:.4f}, macro F1 {step.val_macro_f1:.4f}")
+    return step
+
+
+def finetune_step(context: AutoContext, throughput: Throughput, backbone: str, reserve: float) -> StepResult | None:
+    config, budget, log = context.config, context.budget, context.log
+    run = context.run_dir(f"finetune-{_short(backbone)}")
+    label = f"fine-tune {backbone}"
+    status = run_status(run)
+    if status == "complete":
+        step = _finished("finetune", backbone, run)
+        log.add(label, "reuse", "finished by the earlier invocation", f"val accuracy {step.val_accuracy:.4f}")
+        return step
+    estimate = throughput.finetune(backbone)
+    if not budget.fits(estimate, reserve):
+        log.add(label, "skip", "does not fit with room kept for the ensemble",
+                f"estimate {seconds_text(estimate * budget.scale)} + {seconds_text(reserve * budget.scale)}, "
+                f"{seconds_text(budget.left())} left")
+        return None
+    resume = status is not None and (run / FINETUNE_STATE).is_file()
+    started = time.perf_counter()
+    run_finetune(FinetuneConfig(data=config.data, out=str(run), recipe=context.recipe_for(backbone), test=config.test,
+                                baseline=config.baseline, baseline_partial=config.baseline_partial,
+                                workers=config.workers, embed="pca", progress=config.progress), resume=resume)
+    measured = time.perf_counter() - started
+    budget.learn(estimate, measured)
+    step = _finished("finetune", backbone, run)
+    log.add(label, "run", ("resumed a killed run; " if resume else "") + f"fast cached-prefix recipe, estimate "
+            f"{seconds_text(estimate)}, took {seconds_text(measured)}",
+            f"val accuracy {step.val_accuracy:.4f}, macro F1 {step.val_macro_f1:.4f}")
+    return step
+
+
+def _val_rows(run: Path) -> tuple[list[str], list[str]]:
+    with open(run / "predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "val"]
+    return [r["path"] for r in rows], [r["true"] for r in rows]
+
+
+def tta_step(context: AutoContext, throughput: Throughput, best: StepResult) -> StepResult | None:
+    """Flip test-time augmentation on the best single run, scored on its validation images."""
+    budget, log, label = context.budget, context.log, f"test-time augmentation (flip) on {best.label}"
+    saved = context.out / "tta.json"
+    estimate = throughput.views(best.backbone, 2)
+    if saved.is_file():
+        record = read_json_object(saved, "auto tta")
+    elif not budget.fits(estimate):
+        log.add(label, "skip", "does not fit", f"estimate {seconds_text(estimate)}, {seconds_text(budget.left())} left")
+        return None
+    else:
+        paths, truth = _val_rows(best.run)
+        predictor = load_predictor(best.run, tta="flip")
+        classes = list(predictor.classes)
+        predicted = [r.top[0][0] if r.top else "" for r in predictor.predict_paths(paths, top_k=1, batch_size=64)]
+        known = [i for i, p in enumerate(predicted) if p]
+        metrics = classification_metrics([classes.index(truth[i]) for i in known],
+                                         [classes.index(predicted[i]) for i in known], classes)
+        record = {"run": str(best.run), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+        write_json(saved, record)
+    step = StepResult(best.label + " + flip", best.kind, best.backbone, best.run, float(record["accuracy"]),
+                      float(record["macro_f1"]), best.seconds, tta="flip")
+    better = step.val_accuracy > best.val_accuracy
+    log.add(label, "adopt" if better else "reject", "validation accuracy " + ("rises" if better else "does not rise"),
+            f"{best.val_accuracy:.4f} -> {step.val_accuracy:.4f}; chosen on the validation images it is scored on")
+    log.ablation.append(["+ test-time augmentation (flip)", f"{step.val_accuracy:.4f}", f"{step.val_macro_f1:.4f}",
+                         f"on {best.label}; " + ("kept" if better else "not kept")])
+    return step
+
+
+def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[StepResult], best: StepResult,
+                  tta: StepResult | None) -> StepResult | None:
+    config, budget, log = context.config, context.budget, context.log
+    if len(steps) < 2:
+        log.add("ensemble", "skip", "one run only")
+        return None
+    run = context.run_dir("ensemble")
+    flip = tta is not None and tta.val_accuracy > best.val_accuracy
+    single = tta if flip else best
+    estimate = throughput.ensemble([s.backbone for s in steps]) * (2 if flip else 1)
+    if run_status(run) != "complete":
+        if not budget.fits(estimate):
+            log.add("ensemble", "skip", "does not fit", f"estimate {seconds_text(estimate * budget.scale)}, "
+                    f"{seconds_text(budget.left())} left")
+            return None
+        started = time.perf_counter()
+        run_ensemble(EnsembleConfig(runs=[str(s.run) for s in steps], out=str(run), method=ENSEMBLE_METHOD,
+                                    test=config.test, baseline=config.baseline,
+                                    baseline_partial=config.baseline_partial, seed=config.seed,
+                                    tta="flip" if flip else None, workers=config.workers, progress=config.progress))
+        budget.learn(estimate, time.perf_counter() - started)
+    # With flip, every member's copy in the ensemble holds it: the ensemble predicts with it as it is.
+    step = _finished("ensemble", "ensemble", run)
+    table = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["ensemble"]
+    weights = ", ".join(f"{Path(m['run']).name} {m['weight']:.2f}" for m in table["members"])
+    better = step.val_accuracy > single.val_accuracy
+    log.add(f"ensemble ({ENSEMBLE_METHOD})", "adopt" if better else "reject",
+            f"{len(steps)} runs" + (", flip on every member" if flip else "") + "; out-of-fold validation accuracy "
+            + ("beats" if better else "does not beat") + f" the best single run ({single.label})",
+            f"{single.val_accuracy:.4f} -> {step.val_accuracy:.4f}; weights {weights}")
+    log.ablation.append([f"+ ensemble ({ENSEMBLE_METHOD})", f"{step.val_accuracy:.4f}", f"{step.val_macro_f1:.4f}",
+                         f"{table['folds']}-fold cross-validated on validation; " + ("kept" if better else "not kept")])
+    return step if better else None

@@ -1,0 +1,109 @@
+"""`transferlab auto`: the plan within a budget, its decision log, resume, and smaller plans
+for budgets that cannot hold everything (tiny random-weight backbones, generated images)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_image_folder
+from transferlab.errors import TransferlabError
+from transferlab.inference.predict import load_predictor
+from transferlab.pipelines import auto_plan
+from transferlab.pipelines.auto import AutoConfig, run_auto
+from transferlab.pipelines.auto_plan import parse_budget
+
+BACKBONES = ("test_resnet", "test_efficientnet")
+RECIPE = {"resolution": 48, "precision": "fp32", "batch_size": 8, "stages": [{"train": "all", "epochs": 1}]}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("auto") / "data", per_class=8, size=40)
+
+
+def _config(data: Path, out: Path, **overrides) -> AutoConfig:
+    settings = {"data": str(data), "out": str(out), "budget_s": 900.0, "backbones": BACKBONES,
+                "recipe": dict(RECIPE), "max_finetunes": 1, "rank_per_class": 4, "workers": 0, "progress": False,
+                **overrides}
+    return AutoConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def full(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto-full") / "auto"
+    return run_auto(_config(data, out)), out
+
+
+def test_a_roomy_budget_runs_the_whole_plan(full, data):
+    result, out = full
+    plan = (out / "plan.md").read_text(encoding="utf-8")
+    for step in ("**rank**: run", "**probe test_resnet**: run", "**probe test_efficientnet**: run",
+                 "**fine-tune", "**test-time augmentation (flip)", "**ensemble (select)**", "**result**"):
+        assert step in plan
+    assert "| probe only (best of the probes) |" in plan and "| + fine-tune |" in plan
+    assert "LogME" in plan and "img/s" in plan  # the figures behind the ranking
+    chosen = json.loads((out / "result.json").read_text())
+    assert Path(chosen["run"]) == result.chosen and chosen["val_accuracy"] == result.val_accuracy
+    assert result.val_accuracy >= max(s.val_accuracy for s in result.steps if s.kind == "probe")
+    predictor = load_predictor(result.chosen)  # an ordinary run folder
+    prediction = predictor.predict_paths([next(data.rglob("*.png"))])[0]
+    assert prediction.error is None and prediction.top[0][0] in predictor.classes
+    assert {p.name for p in (out / "runs").iterdir()} >= {"probe-test_resnet", "probe-test_efficientnet"}
+
+
+def test_the_same_command_again_reuses_every_finished_run(full, data):
+    result, out = full
+    metrics = sorted((out / "runs").glob("*/metrics.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in metrics}
+    spent = json.loads((out / "auto.json").read_text())["spent_s"]
+    again = run_auto(_config(data, out))
+    assert again.chosen == result.chosen and again.val_accuracy == result.val_accuracy
+    assert {p: p.stat().st_mtime_ns for p in metrics} == stamps  # nothing was run twice
+    plan = (out / "plan.md").read_text(encoding="utf-8")
+    assert "**resume**: note" in plan and "**probe test_resnet**: reuse" in plan
+    assert json.loads((out / "auto.json").read_text())["spent_s"] > spent  # the earlier time still counts
+
+
+def test_a_budget_that_cannot_hold_a_fine_tune_gives_a_smaller_plan(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(auto_plan, "FINETUNE_PASSES", 1e9)  # a fine-tune that could never fit
+    result = run_auto(_config(data, tmp_path / "auto"))
+    plan = (tmp_path / "auto" / "plan.md").read_text(encoding="utf-8")
+    assert "**fine-tune test_" in plan and "skip: does not fit" in plan
+    assert not list((tmp_path / "auto" / "runs").glob("finetune-*"))
+    assert all(s.kind == "probe" for s in result.steps)
+
+
+def test_a_budget_too_short_for_one_probe_is_one_line(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(auto_plan, "PROBE_PASSES", 1e9)
+    with pytest.raises(TransferlabError) as info:
+        run_auto(_config(data, tmp_path / "auto"))
+    message = str(info.value)
+    assert "\n" not in message and "--budget" in message
+    assert "skip: does not fit" in (tmp_path / "auto" / "plan.md").read_text(encoding="utf-8")
+
+
+def test_another_command_or_a_foreign_folder_is_refused(full, data, tmp_path):
+    _, out = full
+    with pytest.raises(TransferlabError, match="another command"):
+        run_auto(_config(data, out, budget_s=60.0))
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(TransferlabError, match="not an auto folder"):
+        run_auto(_config(data, foreign))
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("text, seconds", [("20m", 1200), ("90s", 90), ("1.5h", 5400), ("300", 300),
+                                           ("2min", 120)])
+def test_budgets_read_as_durations(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "5", "-3m", "9d"])
+def test_bad_budgets_are_one_line(text):
+    with pytest.raises(TransferlabError, match="--budget"):
+        parse_budget(text)
