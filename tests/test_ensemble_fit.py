@@ -272,3 +272,10 @@ def test_from_dict_refuses_bad_temperatures(temperatures):
     with pytest.raises(TransferlabError, match="temperatures"):
         ef.Combination.from_dict({"method": "weighted", "weights": [0.5, 0.5], "temperatures": temperatures},
                                  2, 3, "card")
+
+
+def test_the_cli_offers_exactly_the_methods_there_are():
+    """The CLI keeps its own copy (it checks --method before importing scipy and scikit-learn)."""
+    from transferlab.cli.ensemble_commands import METHODS
+
+    assert METHODS == ef.METHODS
