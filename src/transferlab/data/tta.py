@@ -67,7 +67,3 @@ def average_probabilities(probabilities: Callable[[torch.Tensor], torch.Tensor],
     for view in views[1:]:
         total = total + probabilities(view)
     return total / len(views)
-
-
-def n_views(mode: str) -> int:
-    return len(tta_views(mode, torch.zeros(1, 3, 8, 8)))

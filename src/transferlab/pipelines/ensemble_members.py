@@ -78,13 +78,13 @@ def _validation_of(run: OpenRun) -> tuple[Path, list[tuple[str, str]], set[str]]
 
 
 def _shared_validation(runs: list[OpenRun]) -> tuple[list[Sample], Path]:
-    root, val, _ = _validation_of(runs[0])
+    splits = [_validation_of(run) for run in runs]  # each split.json read once
+    root, val, _ = splits[0]
     if not val:
         raise TransferlabError(f"{runs[0].path}: has no validation images to score an ensemble on")
-    reference = set(val)
-    for run in runs:
-        _, theirs, trained = _validation_of(run)
-        leaked = len({p for p, _ in val} & trained)
+    reference, val_paths = set(val), {p for p, _ in val}
+    for run, (_, theirs, trained) in zip(runs, splits):
+        leaked = len(val_paths & trained)
         if leaked:
             raise TransferlabError(f"{run.path}: trained on {leaked} of the ensemble's {len(val)} validation images; "
                                    "train every member with the same data, seed and val fraction")
