@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,10 +29,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def transferlab(*args: str, env: dict | None = None) -> float:
+def transferlab(*args: str, env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of one transferlab command in its own process: os.wait4
+    gives that child's own resource usage, not the maximum over every child so far."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", LAUNCH, *args], check=True, env=env)
-    return time.perf_counter() - started
+    child = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, args)
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
 def default_probe(data: str, work: Path, baseline: str | None) -> dict:
@@ -42,9 +47,9 @@ def default_probe(data: str, work: Path, baseline: str | None) -> dict:
     if baseline:
         args += ["--baseline", baseline]
     log("default probe")
-    wall = transferlab(*args)
+    wall, peak = transferlab(*args)
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"wall": wall, "metrics": metrics, "command": "transferlab " + " ".join(args)}
+    return {"wall": wall, "peak_mib": peak, "metrics": metrics, "command": "transferlab " + " ".join(args)}
 
 
 def auto(data: str, work: Path, budget: str, baseline: str | None, label: str) -> dict:
@@ -53,11 +58,11 @@ def auto(data: str, work: Path, budget: str, baseline: str | None, label: str) -
     if baseline:
         args += ["--baseline", baseline]
     log(f"auto --budget {budget}")
-    wall = transferlab(*args)
+    wall, peak = transferlab(*args)
     result = json.loads((out / "result.json").read_text())
     metrics = json.loads((Path(result["run"]) / "metrics.json").read_text())
     plan = (out / "plan.md").read_text(encoding="utf-8")
-    return {"wall": wall, "result": result, "metrics": metrics, "plan": plan, "out": out,
+    return {"wall": wall, "peak_mib": peak, "result": result, "metrics": metrics, "plan": plan, "out": out,
             "command": "transferlab " + " ".join(args)}
 
 
@@ -74,16 +79,16 @@ def decisions(plan: str) -> str:
 def section(name: str, title: str, probe: dict, runs: list[tuple[str, float, dict]], targets: list[str],
             argv_script: str) -> None:
     info = machine_info()
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     pm = probe["metrics"]["val"]
     rows = [["default probe", f"{pm['accuracy']:.4f}", f"{pm['macro_f1']:.4f}",
-             _beats(probe["metrics"]), f"{probe['wall']:.0f}", "-", "-"]]
+             _beats(probe["metrics"]), f"{probe['wall']:.0f}", f"{probe['peak_mib']:.0f}", "-", "-"]]
     blocks = []
     for budget, seconds, r in runs:
         m = r["metrics"]["val"]
         within = r["wall"] <= seconds * 1.10
         rows.append([f"auto --budget {budget}", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}",
-                     _beats(r["metrics"]), f"{r['wall']:.0f}", f"{seconds:.0f} (+10%: {'held' if within else 'NOT held'})",
+                     _beats(r["metrics"]), f"{r['wall']:.0f}", f"{r['peak_mib']:.0f}",
+                     f"{seconds:.0f} (+10%: {'held' if within else 'NOT held'})",
                      Path(r["result"]["run"]).name + (f" + --tta {r['result']['tta']}" if r["result"]["tta"] != "none"
                                                       else "")])
         blocks.append(f"### auto --budget {budget}: decisions\n\n`{r['command']}`\n\n{decisions(r['plan'])}\n\n"
@@ -92,11 +97,13 @@ def section(name: str, title: str, probe: dict, runs: list[tuple[str, float, dic
 
 - command: `{command_line(None, argv_script)}`
 - date: {now()}
-- machine: {machine_line(info)}; peak RSS of the largest child process {peak:.0f} MiB
+- machine: {machine_line(info)}
+- peak RSS: of each command's own process (os.wait4), MiB
 - reference: `{probe['command']}`
 {chr(10).join('- ' + t for t in targets)}
 
-{md_table(["run", "val accuracy", "val macro F1", "paper F1 beaten", "wall s", "budget s", "chosen"], rows)}
+{md_table(["run", "val accuracy", "val macro F1", "paper F1 beaten", "wall s", "peak RSS MiB", "budget s", "chosen"],
+          rows)}
 
 {chr(10).join(blocks)}
 """

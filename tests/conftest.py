@@ -12,6 +12,9 @@ from pathlib import Path
 # reach a hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFERLAB_OFFLINE"] = "1"
+# Existing tests patch or expect the torch extractor (module-scoped fixtures run before the
+# autouse one below, so this is set for the whole session too); the OpenVINO tests set theirs.
+os.environ["TRANSFERLAB_ENGINE"] = "torch"
 
 import pytest
 from PIL import Image, ImageDraw
@@ -31,6 +34,8 @@ def _offline_and_isolated(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # Existing tests patch or expect the torch extractor; the OpenVINO tests set their engine.
+    monkeypatch.setenv("TRANSFERLAB_ENGINE", "torch")
 
 
 def draw_image(path: Path, colour: tuple[int, int, int], shape: str, size: int = 48, seed: int = 0) -> Path:

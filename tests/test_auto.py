@@ -12,7 +12,7 @@ from tests.conftest import make_image_folder
 from transferlab.errors import TransferlabError
 from transferlab.inference.predict import load_predictor
 from transferlab.pipelines import auto_plan
-from transferlab.pipelines.auto import AutoConfig, run_auto
+from transferlab.pipelines.auto import AutoConfig, higher_resolution, run_auto
 from transferlab.pipelines.auto_plan import parse_budget
 
 BACKBONES = ("test_resnet", "test_efficientnet")
@@ -52,6 +52,11 @@ def test_a_roomy_budget_runs_the_whole_plan(full, data):
     prediction = predictor.predict_paths([next(data.rglob("*.png"))])[0]
     assert prediction.error is None and prediction.top[0][0] in predictor.classes
     assert {p.name for p in (out / "runs").iterdir()} >= {"probe-test_resnet", "probe-test_efficientnet"}
+    # The best probed backbone fine-tuned again at 1.25x the recipe's 48 px, in multiples of 32.
+    higher = [s for s in result.steps if s.resolution is not None]
+    assert [s.resolution for s in higher] == [64] and higher[0].run.name.endswith("-64px")
+    assert json.loads((higher[0].run / "model" / "model.json").read_text())["resolution"] == 64
+    assert f"**{higher[0].label}**: run" in plan and "| + resolution | 0." in plan
 
 
 def test_the_same_command_again_reuses_every_finished_run(full, data):
@@ -95,6 +100,17 @@ def test_another_command_or_a_foreign_folder_is_refused(full, data, tmp_path):
     with pytest.raises(TransferlabError, match="not an auto folder"):
         run_auto(_config(data, foreign))
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("base, native, short, expected", [
+    (128, 240, 128, 160),  # small images: upsampled towards the native size
+    (224, 224, 300, 288),  # large images: towards their own size
+    (240, 240, 240, None),  # already at both
+    (260, 260, 300, 288),  # capped by the images, in multiples of 32
+    (64, 160, None, None),  # 1.25x rounds back to 64
+])
+def test_higher_resolution_stays_within_the_backbone_and_the_images(base, native, short, expected):
+    assert higher_resolution(base, native, short) == expected
 
 
 @pytest.mark.parametrize("text, seconds", [("20m", 1200), ("90s", 90), ("1.5h", 5400), ("300", 300),

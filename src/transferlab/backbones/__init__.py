@@ -8,6 +8,7 @@ from transferlab.backbones.registry import (
     create_architecture,
     create_backbone,
     describe_backbones,
+    native_size,
 )
 from transferlab.backbones.shape import UncutBackboneWarning, block_groups, cam_layer, sequential_units
 
@@ -21,5 +22,6 @@ __all__ = [
     "create_architecture",
     "create_backbone",
     "describe_backbones",
+    "native_size",
     "sequential_units",
 ]

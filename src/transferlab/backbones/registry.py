@@ -227,6 +227,16 @@ def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Back
     return Backbone(_load_hub(name).eval(), name, "hub", "timm-hub")
 
 
+def native_size(name: str) -> int:
+    """The input size a backbone's weights were trained at (timm's pretrained config; nothing is
+    created or downloaded), 224 when timm does not say."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name) if name in REGISTRY else None
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size else 224
+
+
 def hub_weights_cached(name: str) -> bool:
     """Whether timm's hub weights for `name` are already in the local Hugging Face cache."""
     try:

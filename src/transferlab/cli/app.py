@@ -46,6 +46,12 @@ def main() -> None:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
+        # Before any command loads torch (its OpenMP runtime reads the thread count once):
+        # TRANSFERLAB_THREADS=N, or =auto for fewer threads when other processes keep the CPUs
+        # busy (one line says so); a bad value is a one-line error.
+        from transferlab.threads import apply_thread_policy
+
+        apply_thread_policy(log=lambda line: err_console.print(line, highlight=False, markup=False, soft_wrap=True))
         app()
     except TransferlabError as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)

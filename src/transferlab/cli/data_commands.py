@@ -89,6 +89,10 @@ def rank(
     seed: Annotated[int, typer.Option(help="Seed of the split (the same as the probe's, so caches are shared).")] = 0,
     runs: Annotated[Optional[list[Path]], typer.Option(help="Probe runs to correlate with (default: runs/ on the same data).")] = None,
     cache_dir: Annotated[Optional[str], typer.Option(help="Feature cache folder.")] = None,
+    engine: Annotated[Optional[str], typer.Option(
+        help="What runs the backbones: torch, openvino or auto (default, or $TRANSFERLAB_ENGINE): OpenVINO where it "
+             "is installed and compiles, else torch; 1.4-2.5x faster in bf16 on AVX512-BF16 CPUs, 1-3 s to export "
+             "and compile each. Features are cached per engine: use the probe's engine to share its cache.")] = None,
     verbose: Annotated[bool, typer.Option(help="Also print how each class maps onto ImageNet labels.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -107,7 +111,7 @@ def rank(
             raise TransferlabError(f"--resolution must be a number of pixels or 'native', got '{resolution}'") from None
     names = [n.strip() for n in backbones.split(",") if n.strip()]
     result = rank_backbones(data, names, resolution=chosen_resolution, cache_dir=cache_dir, per_class=per_class,
-                            seed=seed, progress=not quiet and not as_json, probe_runs=runs or ())
+                            seed=seed, progress=not quiet and not as_json, probe_runs=runs or (), engine=engine)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return

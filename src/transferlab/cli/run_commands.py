@@ -108,7 +108,10 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes (each loads the model once).")] = 1,
-    engine: Annotated[str, typer.Option(help="torch, or onnx (needs `transferlab export RUN --format onnx`).")] = "torch",
+    engine: Annotated[str, typer.Option(help=(
+        "torch; or, after `transferlab export RUN --format onnx`: onnx (ONNX Runtime, fp32), openvino (OpenVINO, "
+        "fp32, same answers, faster on most CPUs), openvino-bf16 (fastest where the CPU has bf16; allowed only "
+        "when the export measured at most 1 point of validation accuracy lost against fp32)."))] = "torch",
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, in MB.")] = 10.0,
     top_k: Annotated[int, typer.Option(help="Classes returned per image.")] = 3,
     allowed_host: Annotated[Optional[list[str]], typer.Option(
@@ -159,6 +162,12 @@ def export(
     record = json.loads((Path(run) / "model" / "export.json").read_text(encoding="utf-8")).get(format, {})
     console.print(f"{format}: {path} (parity: max abs difference {record.get('max_abs_diff', float('nan')):.2g} "
                   f"<= {tolerance:g})", highlight=False)
+    bf16 = record.get("openvino", {}).get("bf16", {})
+    if bf16:
+        verdict = "allowed" if bf16.get("passed") else "not allowed"
+        figures = (f"validation accuracy {bf16['accuracy_bf16']} in bf16 against {bf16['accuracy_fp32']} in fp32, "
+                   f"agreement {bf16['agreement']} on {bf16['images']} images" if "images" in bf16 else bf16.get("reason"))
+        console.print(f"openvino-bf16 serving {verdict}: {figures}", highlight=False)
 
 
 @app.command()

@@ -25,6 +25,7 @@ from transferlab.card import KIND_FILES, ModelCard
 from transferlab.data.images import ImageDecodeError
 from transferlab.data.transforms import normalise, preprocess
 from transferlab.errors import TransferlabError
+from transferlab.inference.openvino_check import openvino_check
 from transferlab.inference.probe_network import WithSoftmax
 from transferlab.inference.run_network import RunNetwork, load_run_network
 from transferlab.options import tta_mode
@@ -213,14 +214,19 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
             raise TransferlabError(
                 f"{run.path}: {fmt} export failed the parity check: max abs difference {diff:.3g} from PyTorch "
                 f"exceeds the tolerance {tolerance:g}; nothing was written")
-    _record(run, fmt, target, {
+    check = {
         "exporter": exporter,
         "tta": mode,
         "max_abs_diff": diff,
         "tolerance": tolerance,
         "samples": {"random": sum(RANDOM_BATCHES), "images": n_real},
         "seconds": round(time.perf_counter() - started, 2),
-    }, loaded)
+    }
+    if fmt == "onnx":
+        measured = openvino_check(target, run, loaded.card, network, samples, tolerance)
+        if measured is not None:
+            check["openvino"] = measured  # what `serve --engine openvino|openvino-bf16` checks for
+    _record(run, fmt, target, check, loaded)
     return target
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from transferlab.features.extract import (
     FeatureExtractor,
     default_workers,
     extract_with,
+    make_extractor,
 )
 from transferlab.features.layers import DEFAULT_LAYERS, parse_layers
 from transferlab.features.resolution import resolve_resolution
@@ -42,6 +43,7 @@ from transferlab.insight.embed3d import FILE_NAME as HTML_3D
 from transferlab.insight.embed3d import require_plotly, write_3d_view
 from transferlab.insight.feature_maps import EmbedResult, embed  # embed: re-exported, as before the split
 from transferlab.insight.map_methods import METHOD_TITLES, METHODS, check_methods  # noqa: F401  (re-exported)
+from transferlab.insight.runinfo import read_run
 from transferlab.insight.transferability import resolve_cache_root
 from transferlab.precision import resolve_precision
 from transferlab.runs import open_run
@@ -205,7 +207,10 @@ class PenultimateExtractor:
 
 def _probe_extractor(run_dir: Path, card: ModelCard, settings: EmbedSettings, notes: list[str]) -> FeatureExtractor:
     backbone = _run_backbone(run_dir, card, notes)
-    return FeatureExtractor(backbone, _run_extraction(card, card.layers, card.pool, settings))
+    # The run's engine, so its cached features are read, not extracted again. Older runs (no key)
+    # and torch runs are torch; any other value, even a planted one, only asks for "auto".
+    engine = "torch" if read_run(run_dir).config.get("engine", "torch") == "torch" else "auto"
+    return make_extractor(backbone, replace(_run_extraction(card, card.layers, card.pool, settings), engine=engine))
 
 
 def _finetune_extractor(run_dir: Path, card: ModelCard, settings: EmbedSettings,

@@ -21,7 +21,9 @@ from transferlab.data.layout import prepare_data
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import default_cache_root
 from transferlab.features.extract import (
+    ENGINES,
     ExtractionSettings,
+    default_engine,
     default_workers,
     extract_features,
 )
@@ -41,6 +43,7 @@ from transferlab.insight.runinfo import (
     read_run,
     resolve_folder,
 )
+from transferlab.options import check_choice
 from transferlab.precision import resolve_precision
 from transferlab.report.text import text_table
 
@@ -73,6 +76,7 @@ class RankRow:
     features: str  # "N extracted, M from cache"
     probe_accuracy: float | None = None  # val accuracy of a matching probe run
     probe_run: str | None = None
+    engine: str = "torch"  # what extracted the features ("auto" resolved)
 
     @property
     def task_similarity(self) -> float | None:
@@ -195,6 +199,7 @@ def _rank_one(name: str, train_paths: list[Path], train_labels: np.ndarray, clas
         logme=score, leep=leep_score, similarity=similarity, seconds=round(time.perf_counter() - start, 3),
         extract_seconds=round(extraction.seconds, 3),
         features=f"{extraction.n_extracted} extracted, {extraction.n_cached} from cache",
+        engine=extraction.settings.engine,
     )
 
 
@@ -210,6 +215,7 @@ def rank_backbones(
     *,
     val_fraction: float = 0.2,
     precision: str = "auto",
+    engine: str | None = None,
     batch_size: int = 64,
     workers: int | None = None,
     runs_root: str | os.PathLike = "runs",
@@ -218,7 +224,7 @@ def rank_backbones(
 
     Features of the training split (the probe's stratified split with the same seed,
     val_fraction and per_class) are extracted with the probe's layers, resolution rule,
-    precision and cache, so a later `probe` reads them from the cache. `resolution`: None
+    precision, engine and cache, so a later `probe` reads them from the cache. `resolution`: None
     chooses from the images as the probe does, an int fixes it, "native" uses each
     backbone's own pretraining size. LogME uses the
     avg-pooled 'head' features; LEEP and ImageNet similarity use the backbone's ImageNet
@@ -231,6 +237,8 @@ def rank_backbones(
         raise TransferlabError(f"resolution must be a number of pixels or 'native', got '{resolution}'")
     if not names:
         raise TransferlabError("no backbones to rank: name at least one")
+    engine = engine or default_engine()  # the probe's default, so the ranking fills the cache it reads
+    check_choice("engine", engine, tuple(ENGINES))
     _check_names(names)
     start = time.perf_counter()
     # The probe's own split (layout, duplicates kept together), so probe runs on it compare.
@@ -240,7 +248,7 @@ def rank_backbones(
     train_paths = [s.path for s in split.train]
     train_labels = np.asarray([s.label for s in split.train], dtype=np.int64)
     settings = {"pool": "avg", "batch_size": batch_size, "precision": resolve_precision(precision),
-                "workers": default_workers() if workers is None else workers}
+                "engine": engine, "workers": default_workers() if workers is None else workers}
     rows = [
         _rank_one(name, train_paths, train_labels, scan.classes, resolution=resolution, settings=settings,
                   cache_root=resolve_cache_root(cache_dir), progress=progress, notes=notes)

@@ -6,7 +6,8 @@ The plan, each step only when its estimate (from throughput measured here, see
 1. rank: extract features of a subsample with every candidate backbone (timing this
    machine) and order the backbones by LogME;
 2. probe the backbones in that order;
-3. fine-tune the best one or two probed backbones with the fast cached-prefix recipe;
+3. fine-tune the best one or two probed backbones with the fast cached-prefix recipe, and the
+   best one again at a higher resolution (RESOLUTION_STEP) between the two;
 4. test-time augmentation: flip on the best single run, kept when validation accuracy rises;
 5. ensemble (greedy selection, cross-validated on validation) of every finished run, kept when its
    out-of-fold validation accuracy beats the best single run.
@@ -31,9 +32,11 @@ from pathlib import Path
 
 from transferlab.atomic import write_json
 from transferlab.errors import TransferlabError
+from transferlab.backbones import native_size
 from transferlab.features.extract import default_workers
+from transferlab.features.resolution import round_to_multiple
 from transferlab.finetune.recipe import Recipe, recipe_from_saved
-from transferlab.options import check_file, check_folder
+from transferlab.options import MAX_RESOLUTION, check_file, check_folder
 from transferlab.pipelines.auto_plan import Budget, PlanLog, Throughput, seconds_text
 from transferlab.pipelines.auto_steps import (
     AutoContext,
@@ -48,6 +51,7 @@ from transferlab.runs import read_json_object
 
 PACKAGED = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 STATE_FILE = "auto.json"
+RESOLUTION_STEP = 1.25  # the higher-resolution fine-tune: 128 -> 160 px, 224 -> 288 px
 # The fast recipe (recipes/heritage-fast.yaml) without its backbone: each fine-tune sets that.
 FAST_RECIPE = {
     "precision": "auto", "augment": "light", "augment_draws": 4, "label_smoothing": 0.1, "batch_size": 64,
@@ -97,7 +101,8 @@ def run_auto(config: AutoConfig) -> AutoResult:
     if state.get("spent_s"):
         log.add("resume", "note", "continuing a stopped auto: finished runs are kept",
                 f"{seconds_text(state['spent_s'])} already spent")
-    context = AutoContext(config=config, out=out, budget=budget, log=log, recipe_for=lambda b: recipe_for(config, b))
+    context = AutoContext(config=config, out=out, budget=budget, log=log,
+                          recipe_for=lambda b, r=None: recipe_for(config, b, r))
     try:
         return _plan(context, state)
     finally:
@@ -123,10 +128,7 @@ def _plan(context: AutoContext, state: dict) -> AutoResult:
     finetunes = _finetunes(context, throughput, [p.backbone for p in probes])
     steps += finetunes
     best = max(steps, key=lambda s: s.val_accuracy)
-    if finetunes:
-        top = max(finetunes, key=lambda s: s.val_accuracy)
-        log.ablation.append(["+ fine-tune", f"{top.val_accuracy:.4f}", f"{top.val_macro_f1:.4f}", top.label])
-    log.ablation.append(["+ resolution", "-", "-", "not tried: the runs use the resolution chosen from the images"])
+    _ablation_finetunes(log, finetunes)
     tta = tta_step(context, throughput, best)
     ensemble = ensemble_step(context, throughput, steps, best, tta)
     chosen = ensemble or (tta if tta is not None and tta.val_accuracy > best.val_accuracy else best)
@@ -141,20 +143,68 @@ def _plan(context: AutoContext, state: dict) -> AutoResult:
     return AutoResult(context.out, chosen.run, chosen.val_accuracy, log.path, steps)
 
 
+def _ablation_finetunes(log: PlanLog, finetunes: list[StepResult]) -> None:
+    plain = [f for f in finetunes if f.resolution is None]
+    if plain:
+        top = max(plain, key=lambda s: s.val_accuracy)
+        log.ablation.append(["+ fine-tune", f"{top.val_accuracy:.4f}", f"{top.val_macro_f1:.4f}", top.label])
+    higher = [f for f in finetunes if f.resolution is not None]
+    if higher:
+        step, first = higher[0], plain[0]
+        verdict = "better" if step.val_accuracy > first.val_accuracy else "not better"
+        log.ablation.append(["+ resolution", f"{step.val_accuracy:.4f}", f"{step.val_macro_f1:.4f}",
+                             f"{step.label}: {verdict} than {first.label} ({first.val_accuracy:.4f}); "
+                             "a member for the ensemble either way"])
+    else:
+        log.ablation.append(["+ resolution", "-", "-", "not run: see the decisions"])
+
+
 def _finetunes(context: AutoContext, throughput: Throughput, ranked: list[str]) -> list[StepResult]:
-    done = []
+    """The best probed backbone, then the same at a higher resolution, then the next backbones;
+    each only while it fits with room kept for scoring an ensemble of what is there by then."""
+    done: list[StepResult] = []
     for backbone in ranked[: context.config.max_finetunes]:
-        # Keep room for scoring an ensemble of what is there by then.
         reserve = throughput.ensemble(ranked + [backbone] * (len(done) + 1))
         step = finetune_step(context, throughput, backbone, reserve)
         if step is None:
             break
         done.append(step)
+        if len(done) == 1:
+            higher = _higher_resolution_step(context, throughput, step, ranked)
+            done += [higher] if higher is not None else []
     return done
 
 
-def recipe_for(config: AutoConfig, backbone: str) -> Recipe:
+def _higher_resolution_step(context: AutoContext, throughput: Throughput, first: StepResult,
+                            ranked: list[str]) -> StepResult | None:
+    """The first fine-tune again at RESOLUTION_STEP times its resolution: probes on heritage gained
+    0.6 points at 160 px over 128 and 1.1 at 224 (BENCHMARKS.md, probe_heritage), at the cost
+    of the pixel ratio."""
+    base = int(read_json_object(first.run / "model" / "model.json", "model card")["resolution"])
+    target = higher_resolution(base, native_size(first.backbone), context.short_side)
+    if target is None:
+        context.log.add("resolution", "skip", f"{base} px is already as large as the backbone's native size and "
+                        "the images' own")
+        return None
+    reserve = throughput.ensemble(ranked + [first.backbone] * 2)
+    step = finetune_step(context, throughput, first.backbone, reserve, resolution=target,
+                         cost_factor=(target / base) ** 2)
+    return step
+
+
+def higher_resolution(base: int, native: int, short_side: int | None) -> int | None:
+    """RESOLUTION_STEP x `base` in multiples of 32, never above both the backbone's native size and
+    the images' own (upsampling small images towards the native size helps; beyond both, nothing
+    new is seen); None when that is no larger than `base`."""
+    ceiling = max(native, short_side or 0)
+    target = min(round_to_multiple(base * RESOLUTION_STEP), ceiling // 32 * 32, MAX_RESOLUTION)
+    return target if target > base else None
+
+
+def recipe_for(config: AutoConfig, backbone: str, resolution: int | None = None) -> Recipe:
     data = {**config.recipe, "backbone": backbone, "seed": config.seed}
+    if resolution is not None:
+        data["resolution"] = resolution
     recipe = recipe_from_saved(data, "auto recipe")
     recipe.validate("auto recipe")
     return recipe

@@ -32,12 +32,18 @@ SAFETY = 1.15  # plans keep this margin on every estimate
 
 @dataclass
 class Budget:
-    """Wall-clock seconds for the whole command; `spent` carries over a killed run's time."""
+    """Wall-clock seconds for the whole command; `spent` carries over a killed run's time.
+
+    The measured/estimated ratio is learnt per kind of step: probes run on the fast extraction
+    engine, fine-tunes and ensemble scoring on PyTorch, so a probe's speed says little about a
+    fine-tune's. A kind not measured yet takes the slowest ratio seen so far, never below 1: a
+    busy machine slows everything, a fast engine speeds up only its own steps.
+    """
 
     seconds: float
     spent: float = 0.0
     started: float = field(default_factory=time.perf_counter)
-    scale: float = 1.0  # measured / estimated time of the steps so far (>1: this machine is slower)
+    scales: dict[str, float] = field(default_factory=dict)  # step kind -> measured / estimated
 
     def used(self) -> float:
         return self.spent + time.perf_counter() - self.started
@@ -45,14 +51,20 @@ class Budget:
     def left(self) -> float:
         return self.seconds - self.used()
 
-    def fits(self, estimate: float, reserve: float = 0.0) -> bool:
-        return estimate * self.scale * SAFETY + reserve * self.scale <= self.left()
+    def scale(self, kind: str) -> float:
+        if kind in self.scales:
+            return self.scales[kind]
+        return max([1.0, *self.scales.values()])
 
-    def learn(self, estimated: float, measured: float) -> None:
-        """Rescale later estimates by what this step really took (the worst ratio so far wins
-        only gradually: one lucky step does not undo a slow machine)."""
+    def fits(self, kind: str, estimate: float, reserve: float = 0.0, reserve_kind: str = "ensemble") -> bool:
+        return estimate * self.scale(kind) * SAFETY + reserve * self.scale(reserve_kind) <= self.left()
+
+    def learn(self, kind: str, estimated: float, measured: float) -> None:
+        """Rescale later estimates of this kind by what this step really took (gradually: one
+        lucky step does not undo a slow machine)."""
         if estimated > 0 and measured > 0:
-            self.scale = max(0.5, 0.5 * self.scale + 0.5 * measured / estimated)
+            before = self.scales.get(kind, 1.0)
+            self.scales[kind] = max(0.3, 0.5 * before + 0.5 * measured / estimated)
 
 
 @dataclass

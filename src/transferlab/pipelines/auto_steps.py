@@ -16,6 +16,7 @@ from pathlib import Path
 
 from transferlab.atomic import write_json
 from transferlab.data.layout import prepare_data
+from transferlab.features.resolution import typical_short_side
 from transferlab.finetune.recipe import Recipe
 from transferlab.inference.predict import load_predictor
 from transferlab.insight.transferability import rank_backbones
@@ -39,7 +40,8 @@ class AutoContext:
     out: Path
     budget: Budget
     log: PlanLog
-    recipe_for: Callable[[str], Recipe]
+    recipe_for: Callable[[str, int | None], Recipe]  # (backbone, resolution or None) -> recipe
+    short_side: int | None = None  # median shorter side of the training images (set by rank_step)
 
     def run_dir(self, name: str) -> Path:
         return self.out / "runs" / name
@@ -59,6 +61,7 @@ class StepResult:
     val_macro_f1: float
     seconds: float
     tta: str = "none"
+    resolution: int | None = None  # set for the higher-resolution fine-tune only
 
 
 def _short(backbone: str) -> str:
@@ -77,6 +80,7 @@ def rank_step(context: AutoContext) -> tuple[Throughput, list[str]]:
     config, log = context.config, context.log
     saved = context.out / THROUGHPUT_FILE
     data = prepare_data(config.data, config.test, 0.2, config.seed, None)  # one line for a bad folder
+    context.short_side = typical_short_side([sample.path for sample in data.split.train])
     n_val = len(data.split.val)
     n_all = len(data.split.train) + n_val
     if saved.is_file():  # a resumed auto: the first measurement stands (its features are cached now)
@@ -84,9 +88,11 @@ def rank_step(context: AutoContext) -> tuple[Throughput, list[str]]:
         log.add("rank", "reuse", "measured by the earlier invocation", ", ".join(record["order"]))
         return Throughput(record["seconds_per_image"], n_all, n_val), list(record["order"])
     started = time.perf_counter()
+    # Timed in PyTorch: fine-tunes and ensemble scoring run there, and their costs are counted in
+    # its passes; probes extract with the faster engine, so their estimates err on the safe side.
     result = rank_backbones(config.data, list(config.backbones), cache_dir=context.cache,
                             per_class=config.rank_per_class, seed=config.seed, progress=config.progress,
-                            workers=config.workers, runs_root=str(context.out / "no-runs"))
+                            workers=config.workers, runs_root=str(context.out / "no-runs"), engine="torch")
     per_image = {r.backbone: max(r.extract_seconds, 1e-3) / max(r.images, 1) for r in result.rows}
     order = [r.backbone for r in result.ranked()]
     write_json(saved, {"seconds_per_image": per_image, "order": order,
@@ -107,8 +113,8 @@ def probe_step(context: AutoContext, throughput: Throughput, backbone: str) -> S
         log.add(label, "reuse", "finished by the earlier invocation", f"val accuracy {step.val_accuracy:.4f}")
         return step
     estimate = throughput.probe(backbone)
-    if not budget.fits(estimate):
-        log.add(label, "skip", "does not fit", f"estimate {seconds_text(estimate * budget.scale)}, "
+    if not budget.fits("probe", estimate):
+        log.add(label, "skip", "does not fit", f"estimate {seconds_text(estimate * budget.scale('probe'))}, "
                 f"{seconds_text(budget.left())} left")
         return None
     started = time.perf_counter()
@@ -116,36 +122,42 @@ def probe_step(context: AutoContext, throughput: Throughput, backbone: str) -> S
                           baseline=config.baseline, baseline_partial=config.baseline_partial,
                           workers=config.workers, cache_dir=context.cache, embed="pca", progress=config.progress))
     measured = time.perf_counter() - started
-    budget.learn(estimate, measured)
+    budget.learn("probe", estimate, measured)
     step = _finished("probe", backbone, run)
     log.add(label, "run", f"estimate {seconds_text(estimate)}, took {seconds_text(measured)}",
             f"val accuracy {step.val_accuracy:.4f}, macro F1 {step.val_macro_f1:.4f}")
     return step
 
 
-def finetune_step(context: AutoContext, throughput: Throughput, backbone: str, reserve: float) -> StepResult | None:
+def finetune_step(context: AutoContext, throughput: Throughput, backbone: str, reserve: float,
+                  resolution: int | None = None, cost_factor: float = 1.0) -> StepResult | None:
+    """The fast recipe on `backbone`, at `resolution` (None: chosen from the images); `cost_factor`
+    scales the estimate (the pixel ratio of a higher resolution)."""
     config, budget, log = context.config, context.budget, context.log
-    run = context.run_dir(f"finetune-{_short(backbone)}")
-    label = f"fine-tune {backbone}"
+    suffix = f"-{resolution}px" if resolution else ""
+    run = context.run_dir(f"finetune-{_short(backbone)}{suffix}")
+    label = f"fine-tune {backbone}" + (f" at {resolution} px" if resolution else "")
     status = run_status(run)
     if status == "complete":
         step = _finished("finetune", backbone, run)
+        step.label, step.resolution = label, resolution
         log.add(label, "reuse", "finished by the earlier invocation", f"val accuracy {step.val_accuracy:.4f}")
         return step
-    estimate = throughput.finetune(backbone)
-    if not budget.fits(estimate, reserve):
+    estimate = throughput.finetune(backbone) * cost_factor
+    if not budget.fits("finetune", estimate, reserve):
         log.add(label, "skip", "does not fit with room kept for the ensemble",
-                f"estimate {seconds_text(estimate * budget.scale)} + {seconds_text(reserve * budget.scale)}, "
-                f"{seconds_text(budget.left())} left")
+                f"estimate {seconds_text(estimate * budget.scale('finetune'))} + "
+                f"{seconds_text(reserve * budget.scale('ensemble'))}, {seconds_text(budget.left())} left")
         return None
     resume = status is not None and (run / FINETUNE_STATE).is_file()
     started = time.perf_counter()
-    run_finetune(FinetuneConfig(data=config.data, out=str(run), recipe=context.recipe_for(backbone), test=config.test,
-                                baseline=config.baseline, baseline_partial=config.baseline_partial,
+    run_finetune(FinetuneConfig(data=config.data, out=str(run), recipe=context.recipe_for(backbone, resolution),
+                                test=config.test, baseline=config.baseline, baseline_partial=config.baseline_partial,
                                 workers=config.workers, embed="pca", progress=config.progress), resume=resume)
     measured = time.perf_counter() - started
-    budget.learn(estimate, measured)
+    budget.learn("finetune", estimate, measured)
     step = _finished("finetune", backbone, run)
+    step.label, step.resolution = label, resolution
     log.add(label, "run", ("resumed a killed run; " if resume else "") + f"fast cached-prefix recipe, estimate "
             f"{seconds_text(estimate)}, took {seconds_text(measured)}",
             f"val accuracy {step.val_accuracy:.4f}, macro F1 {step.val_macro_f1:.4f}")
@@ -165,7 +177,7 @@ def tta_step(context: AutoContext, throughput: Throughput, best: StepResult) -> 
     estimate = throughput.views(best.backbone, 2)
     if saved.is_file():
         record = read_json_object(saved, "auto tta")
-    elif not budget.fits(estimate):
+    elif not budget.fits("ensemble", estimate):
         log.add(label, "skip", "does not fit", f"estimate {seconds_text(estimate)}, {seconds_text(budget.left())} left")
         return None
     else:
@@ -199,8 +211,8 @@ def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[Step
     single = tta if flip else best
     estimate = throughput.ensemble([s.backbone for s in steps]) * (2 if flip else 1)
     if run_status(run) != "complete":
-        if not budget.fits(estimate):
-            log.add("ensemble", "skip", "does not fit", f"estimate {seconds_text(estimate * budget.scale)}, "
+        if not budget.fits("ensemble", estimate):
+            log.add("ensemble", "skip", "does not fit", f"estimate {seconds_text(estimate * budget.scale('ensemble'))}, "
                     f"{seconds_text(budget.left())} left")
             return None
         started = time.perf_counter()
@@ -208,7 +220,7 @@ def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[Step
                                     test=config.test, baseline=config.baseline,
                                     baseline_partial=config.baseline_partial, seed=config.seed,
                                     tta="flip" if flip else None, workers=config.workers, progress=config.progress))
-        budget.learn(estimate, time.perf_counter() - started)
+        budget.learn("ensemble", estimate, time.perf_counter() - started)
     # With flip, every member's copy in the ensemble holds it: the ensemble predicts with it as it is.
     step = _finished("ensemble", "ensemble", run)
     table = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["ensemble"]

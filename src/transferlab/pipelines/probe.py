@@ -28,8 +28,10 @@ from transferlab.errors import TransferlabError
 from transferlab.explain.cam import target_layer
 from transferlab.features.cache import default_cache_root
 from transferlab.features.extract import (
+    ENGINES,
     ExtractionSettings,
     FeatureExtractor,
+    default_engine,
     default_workers,
     extract_features,
 )
@@ -60,6 +62,10 @@ class ProbeConfig:
     pool: str = "avg"
     resolution: int | None = None  # None: chosen from the images
     precision: str = "auto"
+    # What runs the backbone (features.extract.ENGINES); None: $TRANSFERLAB_ENGINE, else "auto":
+    # OpenVINO where it is installed and compiles the network (faster on AVX512 CPUs, the same
+    # probe accuracy: benchmarks/extract_throughput.py), else torch.
+    engine: str | None = None
     batch_size: int = 64
     workers: int = field(default_factory=default_workers)
     val_fraction: float = 0.2
@@ -86,6 +92,8 @@ def _validate(config: ProbeConfig) -> None:
                            precision=config.precision)
     check_choice("--classifier", config.classifier, CLASSIFIERS)
     check_choice("--pool", config.pool, POOLS)
+    config.engine = config.engine or default_engine()
+    check_choice("--engine", config.engine, tuple(ENGINES))
     check_cache_dir(config.cache_dir)
     check_out_folder(config.out)
     config.layers = list(parse_layers(config.layers))
@@ -125,7 +133,7 @@ def _prepare(config: ProbeConfig) -> _Inputs:
         reason = "the fine-tuned run's resolution"
     settings = ExtractionSettings(resolution=resolution, layers=tuple(config.layers), pool=config.pool,
                                   batch_size=config.batch_size, workers=config.workers,
-                                  precision=resolve_precision(config.precision))
+                                  precision=resolve_precision(config.precision), engine=config.engine)
     if source:
         data.notes.extend(_leak_notes(source, data))
     return _Inputs(data, backbone, settings, reason, baseline, source)
@@ -177,6 +185,7 @@ def _probe(config: ProbeConfig, run: RunDir, inputs: _Inputs) -> RunResult:
     cache_root = None if config.cache_dir == "" else (config.cache_dir or default_cache_root())
     extraction = extract_features(backbone, [s.path for samples in groups.values() for s in samples], settings,
                                   cache_root, config.progress)
+    settings = inputs.settings = extraction.settings or settings  # what ran: the engine "auto" chose, its precision
     timer.lap("extract")
     features, labels, paths = _assemble(groups, extraction)
     if len(set(labels["train"].tolist())) < 2:
@@ -195,7 +204,8 @@ def _probe(config: ProbeConfig, run: RunDir, inputs: _Inputs) -> RunResult:
         report_title=f"transferlab probe: {data.scan.root.name}", classes=classes, splits=splits, skipped=skipped,
         notes=list(data.notes), summary=_summary(config, inputs, extraction, labels, features["train"].shape[1],
                                                  len(skipped)),
-        config=asdict(config) | {"resolution": settings.resolution, "precision": settings.precision},
+        config=asdict(config) | {"resolution": settings.resolution, "precision": settings.precision,
+                                 "engine": settings.engine},
         card=_card(backbone, settings, classes, inputs.source),
         save_weights=partial(_save_weights, backbone, classifier), seed=config.seed, cam=cam,
         cam_unavailable=cam_unavailable, baseline=inputs.baseline, baseline_name=config.baseline or "",
@@ -214,10 +224,11 @@ def _summary(config: ProbeConfig, inputs: _Inputs, extraction, labels: dict, dim
         "layers": ", ".join(config.layers) + f" ({config.pool} pooled, {dims} dims)",
         "resolution": f"{settings.resolution}px ({inputs.resolution_reason})",
         "precision": settings.precision,
+        "engine": settings.engine,
         "images": {g: int(len(v)) for g, v in labels.items()},
         "skipped": n_skipped,
         "features": f"{extraction.n_extracted} extracted, {extraction.n_cached} from cache"
-        + (f" ({extraction.images_per_second:.0f} img/s)" if extraction.n_extracted else ""),
+        + (f" ({settings.engine}, {extraction.images_per_second:.0f} img/s)" if extraction.n_extracted else ""),
         "classes": len(data.scan.classes),
     }
 

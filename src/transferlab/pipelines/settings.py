@@ -25,9 +25,10 @@ from transferlab.safe_yaml import parse_yaml, short_repr
 MODES = ("probe", "finetune")
 
 # ProbeConfig fields a variant may change. Not the data, the output or the seed (a study
-# has --seeds), nor workers/progress (how a run executes, not what it computes).
+# has --seeds), nor workers/progress (how a run executes, not what it computes). The engine
+# is here as precision is: bf16 rounds differently in torch and OpenVINO, so a study may compare them.
 PROBE_KEYS = ("backbone", "weights", "classifier", "grid", "ternary", "layers", "pool", "resolution",
-              "precision", "batch_size", "val_fraction", "per_class", "train_per_class")
+              "precision", "engine", "batch_size", "val_fraction", "per_class", "train_per_class")
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "seed")
 STAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Stage))
 _STAGE_KEY = re.compile(r"^stages\.(\d+)\.(\w+)$")

@@ -1,8 +1,9 @@
-"""Inference engines for serving: PyTorch (any run) and ONNX Runtime (exported runs).
+"""Inference engines for serving: PyTorch (any run); ONNX Runtime and OpenVINO (exported runs).
 
 Both take the same uint8 (B, 3, R, R) batches that `preprocess` makes, so decoding,
 resizing and cropping are shared; each engine normalises and runs its own model.
-Nothing is unpickled: safetensors + skops for PyTorch, an ONNX protobuf for ONNX Runtime.
+Nothing is unpickled: safetensors + skops for PyTorch, a self-contained ONNX protobuf
+(size-bounded, no external-data references) for ONNX Runtime and OpenVINO.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from transferlab.errors import TransferlabError
 from transferlab.inference.ensemble_network import check_ensemble
 from transferlab.inference.export import INPUT_NAME, OUTPUT_NAME, model_fingerprint
 from transferlab.inference.predict import load_predictor
+from transferlab.openvino_rt import available, compile_onnx, read_onnx_file
 from transferlab.options import tta_mode
 from transferlab.runs import load_complete_run, open_run, read_json_object
-
-ENGINES = ("torch", "onnx")
-
 
 class Predictor(Protocol):
     """What the server needs from a model: labels, input size, and uint8 batch -> probabilities."""
@@ -118,26 +117,43 @@ def onnx_model_path(run_path: str | Path, tta: str | None = None) -> Path:
     return path
 
 
-class OnnxEngine:
-    """ONNX Runtime on model/model.onnx (written by `export_run`), fp32, CPU."""
+class ExportedEngine:
+    """An engine on model/model.onnx (written by `export_run`): the card's labels and sizes, and
+    normalisation in numpy with the same arithmetic as data.transforms.normalise."""
 
-    engine = "onnx"
+    engine = "exported"
 
-    def __init__(self, run_path: str | Path, threads: int | None = None, tta: str | None = None):
-        import onnxruntime as ort  # local: the torch engine does not need it
-
+    def __init__(self, run_path: str | Path, tta: str | None = None):
         path = Path(run_path)
-        model_file = onnx_model_path(path, tta)
-        self.tta = exported_tta(read_export_record(path / "model").get("onnx", {}))
+        self.model_file = onnx_model_path(path, tta)
+        self.record = read_export_record(path / "model").get("onnx", {})
+        self.tta = exported_tta(self.record)
         card = model_card(path)
         self.fingerprint = model_fingerprint(path)
         self.model_id = model_id(path, self.fingerprint)
         self.classes = list(card.classes)
         self.resolution = card.resolution
         self.interpolation = card.interpolation
-        # Same arithmetic as data.transforms.normalise: float32 (x - 255*mean) / (255*std).
+        # float32 (x - 255*mean) / (255*std), as data.transforms.normalise computes it.
         self._mean = (np.asarray(card.mean, dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
         self._std = (np.asarray(card.std, dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
+
+    def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
+        return self._run((batch.astype(np.float32) - self._mean) / self._std)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxEngine(ExportedEngine):
+    """ONNX Runtime on model/model.onnx, fp32, CPU."""
+
+    engine = "onnx"
+
+    def __init__(self, run_path: str | Path, threads: int | None = None, tta: str | None = None):
+        import onnxruntime as ort  # local: the torch engine does not need it
+
+        super().__init__(run_path, tta)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1  # one batch at a time: the micro-batcher serialises calls
@@ -146,11 +162,55 @@ class OnnxEngine:
         # No spin-waiting between ops: the decode threads and the event loop need the same
         # cores, and on a busy machine a spinning pool measured ~1.5x slower.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        data = read_onnx_file(self.model_file)  # bounded, self-contained: no weights from other files
+        self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
-    def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
-        x = (batch.astype(np.float32) - self._mean) / self._std
+    def _run(self, x: np.ndarray) -> np.ndarray:
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float32, copy=False)
+
+
+def openvino_record(run_path: str | Path, precision: str) -> dict:
+    """The export's OpenVINO measurement for `precision`, refused in one line when it is missing
+    or (bf16) when bf16 cost more accuracy than openvino_check allows."""
+    run = Path(run_path)
+    entry = read_export_record(run / "model").get("onnx", {})
+    measured = entry.get("openvino") if isinstance(entry, dict) else None
+    found = measured.get(precision) if isinstance(measured, dict) else None
+    if not isinstance(found, dict):
+        raise TransferlabError(f"{run}: the ONNX export has no OpenVINO {precision} check (exported before OpenVINO "
+                               f"was installed, or by an older transferlab); run `transferlab export {run} --format onnx`")
+    if found.get("passed") is not True:
+        detail = found.get("reason") or (f"validation accuracy {found.get('accuracy_bf16')} in bf16 against "
+                                         f"{found.get('accuracy_fp32')} in fp32" if precision == "bf16"
+                                         else f"max abs difference {found.get('max_abs_diff')} from PyTorch")
+        raise TransferlabError(f"{run}: OpenVINO {precision} failed its check at export ({str(detail)[:120]}); "
+                               "serve with --engine openvino (fp32) or --engine onnx")
+    return found
+
+
+class OpenVinoEngine(ExportedEngine):
+    """OpenVINO on model/model.onnx: fp32, or bf16 where the export's accuracy check allowed it."""
+
+    def __init__(self, run_path: str | Path, precision: str = "fp32", threads: int | None = None,
+                 tta: str | None = None):
+        super().__init__(run_path, tta)
+        self.engine = "openvino" if precision == "fp32" else f"openvino-{precision}"
+        self.check = openvino_record(run_path, precision)
+        graph = compile_onnx(read_onnx_file(self.model_file), precision, threads or torch.get_num_threads(),
+                             where=str(self.model_file))
+        self.precision = graph.precision
+        self._run = graph.run
+
+
+# Engine name -> (factory, what it needs from the export). One place to add an engine.
+ENGINE_FACTORIES = {
+    "torch": lambda run, tta: TorchEngine(run, tta=tta),
+    "onnx": lambda run, tta: OnnxEngine(run, tta=tta),
+    "openvino": lambda run, tta: OpenVinoEngine(run, "fp32", tta=tta),
+    "openvino-bf16": lambda run, tta: OpenVinoEngine(run, "bf16", tta=tta),
+}
+ENGINES = tuple(ENGINE_FACTORIES)
+ENGINE_PRECISIONS = {"openvino": "fp32", "openvino-bf16": "bf16"}
 
 
 def check_engine(run_path: str | Path, engine: str, tta: str | None = None) -> None:
@@ -162,11 +222,15 @@ def check_engine(run_path: str | Path, engine: str, tta: str | None = None) -> N
     run = load_complete_run(run_path)
     if model_card(run.path).kind == "ensemble":
         check_ensemble(run.path)  # member cards and combination: a crafted member is one line, not a lifespan traceback
-    if engine == "onnx":
+    if engine != "torch":
         onnx_model_path(run.path, tta)
+    if engine in ENGINE_PRECISIONS:
+        if not available():
+            raise TransferlabError(f"--engine {engine} needs OpenVINO: `pip install openvino`, or use --engine onnx")
+        openvino_record(run.path, ENGINE_PRECISIONS[engine])
 
 
 def load_engine(run_path: str | Path, engine: str = "torch", tta: str | None = None) -> Predictor:
     """`tta`: test-time augmentation instead of the card's (torch) or the one the export must hold (onnx)."""
     check_engine(run_path, engine, tta)
-    return TorchEngine(run_path, tta=tta) if engine == "torch" else OnnxEngine(run_path, tta=tta)
+    return ENGINE_FACTORIES[engine](run_path, tta)
