@@ -93,7 +93,7 @@ CONFIGS = {
     "spin1k": Config("GOMP_SPINCOUNT=1000", {"GOMP_SPINCOUNT": "1000"}),
     "spin10k": Config("GOMP_SPINCOUNT=10000", {"GOMP_SPINCOUNT": "10000"}),
     "one": Config("1 thread (OMP_NUM_THREADS=1)", {"OMP_NUM_THREADS": "1"}),
-    "transferlab": Config("transferlab (passive, torch's threads)", via_transferlab=True),
+    "transferlab": Config("transferlab (wait policy by load, torch's threads)", via_transferlab=True),
     "auto": Config("transferlab, TRANSFERLAB_THREADS=auto", {"TRANSFERLAB_THREADS": "auto"}, via_transferlab=True),
 }
 
@@ -397,9 +397,12 @@ descheduled thread. The passive policy (spin count 0: sleep at once) keeps CPU p
 its quiet value; one thread has no barrier at all.
 
 **What transferlab does.** `transferlab/__init__.py` sets `OMP_WAIT_POLICY=PASSIVE` before
-torch is first imported, unless `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` is set (set either to
-get libgomp's spinning back). The wait policy changes no number (the work is split the same
-way; bitwise-equal outputs checked), so it is the default. With `TRANSFERLAB_THREADS=auto`
+torch is first imported when other processes keep at least half the CPUs busy as the command
+starts (the `transferlab` rows: spinning at K=0, 0 voluntary context switches per step;
+passive at K=1 and 2), unless `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` is set;
+`TRANSFERLAB_WAIT_POLICY=passive|spin` forces either. Not always: on the quiet machine passive
+cost 1.09-1.23x here and 1.39-1.46x in an earlier quiet run of the same cells. The wait policy changes no
+number (the work is split the same way; bitwise-equal outputs checked). With `TRANSFERLAB_THREADS=auto`
 each command also (cli/app.py `main()`, `transferlab.threads.apply_thread_policy`) uses one
 intra-op thread per CPU left free by other processes: busy = the smaller of the 1-minute load
 average (sustained) and the tasks runnable right now (current; so our own run that just

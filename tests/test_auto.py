@@ -123,3 +123,25 @@ def test_budgets_read_as_durations(text, seconds):
 def test_bad_budgets_are_one_line(text):
     with pytest.raises(TransferlabError, match="--budget"):
         parse_budget(text)
+
+
+def test_the_largest_ensemble_that_fits_is_chosen():
+    """Every run with flip, else without flip (half the scoring), else the best three: a short
+    budget gets a smaller ensemble instead of none."""
+    from transferlab.pipelines.auto_plan import Budget, Throughput
+    from transferlab.pipelines.auto_steps import StepResult, _ensemble_that_fits
+
+    steps = [StepResult(f"run {i}", "probe", "b", Path(f"r{i}"), accuracy, accuracy, 1.0)
+             for i, accuracy in enumerate([0.90, 0.95, 0.93, 0.91, 0.94])]
+    throughput = Throughput({"b": 0.01}, images=1000, val_images=1000)
+    one = throughput.ensemble(["b"] * 5)  # all five, one view
+    three = throughput.ensemble(["b"] * 3)
+
+    def chosen(seconds: float):
+        found = _ensemble_that_fits(throughput, Budget(seconds), steps, flip=True)
+        return None if found is None else ([s.label for s in found[0]], found[1])
+
+    assert chosen(2 * one * 1.2) == ([s.label for s in steps], True)
+    assert chosen(one * 1.2) == ([s.label for s in steps], False)
+    assert chosen(three * 1.2) == (["run 1", "run 4", "run 2"], False)  # the best three by validation accuracy
+    assert chosen(three * 0.5) is None

@@ -199,14 +199,36 @@ def test_cli_applies_the_thread_count_before_the_command(monkeypatch, fake_torch
 
 def test_wait_policy_set_only_when_nobody_chose_and_torch_is_not_loaded(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch", raising=False)
-    environ = {}
-    assert default_wait_policy(environ) and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    environ = {"TRANSFERLAB_WAIT_POLICY": "passive"}
+    assert default_wait_policy(environ) and environ["OMP_WAIT_POLICY"] == "PASSIVE"
     for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "100000"}):
-        environ = dict(chosen)
-        assert not default_wait_policy(environ) and environ == chosen
+        environ = dict(chosen, TRANSFERLAB_WAIT_POLICY="passive")
+        assert not default_wait_policy(environ)
+        assert environ == dict(chosen, TRANSFERLAB_WAIT_POLICY="passive")  # the user's setting, untouched
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace())
+    environ = {"TRANSFERLAB_WAIT_POLICY": "passive"}
+    assert not default_wait_policy(environ) and "OMP_WAIT_POLICY" not in environ
+
+
+@pytest.mark.parametrize("load, others, expected", [
+    (0.2, 5.0, False),  # quiet by the load average: the runnable count is not even read
+    (1.8, 0.0, False),  # the load average still counts our previous command; nothing runs now
+    (1.8, 1.2, True),  # one of two CPUs taken by others: spinning would fight them
+    (6.0, 4.0, True),
+])
+def test_automatic_wait_policy_follows_the_load(monkeypatch, load, others, expected):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
     environ = {}
-    assert not default_wait_policy(environ) and environ == {}
+    chosen = default_wait_policy(environ, busy=lambda: others, cores=lambda: 2)
+    assert chosen is expected and (environ.get("OMP_WAIT_POLICY") == "PASSIVE") is expected
+    environ = {"TRANSFERLAB_WAIT_POLICY": "spin"}
+    assert not default_wait_policy(environ, busy=lambda: others, cores=lambda: 2)
+
+
+def test_a_bad_wait_policy_is_one_line():
+    with pytest.raises(TransferlabError, match="TRANSFERLAB_WAIT_POLICY must be one of auto, passive, spin"):
+        apply_thread_policy(environ={"TRANSFERLAB_WAIT_POLICY": "sometimes"})
 
 
 def _libgomp_spin(code: str = "import transferlab, torch", **env: str) -> tuple[str, str]:
@@ -224,13 +246,15 @@ def _libgomp_spin(code: str = "import transferlab, torch", **env: str) -> tuple[
     return shown["OMP_WAIT_POLICY"].strip("'"), shown["GOMP_SPINCOUNT"].strip("'")
 
 
-def test_fresh_process_importing_transferlab_first_does_not_spin():
-    assert _libgomp_spin() == ("PASSIVE", "0")
+def test_fresh_process_importing_transferlab_first_does_not_spin_when_told():
+    assert _libgomp_spin(TRANSFERLAB_WAIT_POLICY="passive") == ("PASSIVE", "0")
+    _, spin = _libgomp_spin(TRANSFERLAB_WAIT_POLICY="spin")
+    assert int(spin) > 0
 
 
 def test_torch_imported_before_transferlab_keeps_libgomps_spinning():
     # Why the policy lives in transferlab/__init__.py: once torch is loaded it is too late.
-    _, spin = _libgomp_spin("import torch, transferlab")
+    _, spin = _libgomp_spin("import torch, transferlab", TRANSFERLAB_WAIT_POLICY="passive")
     assert int(spin) > 0
 
 

@@ -2,8 +2,8 @@
 
 # torch's OpenMP runtime (libgomp) reads its settings once, when torch is first imported,
 # and every module that imports torch imports this package first: the only early enough
-# place. Idle OpenMP threads then sleep instead of spinning, which on a busy machine cost
-# several times the CPU and wall time per step (threads.py; BENCHMARKS.md, threads_load).
+# place. On a busy machine idle OpenMP threads then sleep instead of spinning, which there
+# cost several times the CPU and wall time per step (threads.py; BENCHMARKS.md, threads_load).
 from transferlab.threads import default_wait_policy as _default_wait_policy
 
 _default_wait_policy()

@@ -11,8 +11,11 @@ and far more than the fair share of wall time; the passive policy and one thread
 
 So, both overridable by the user:
 - `default_wait_policy()`, called by transferlab/__init__.py before torch is imported:
-  OMP_WAIT_POLICY=PASSIVE unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is already set. It
-  changes no number (the work is split the same way), only how idle threads wait;
+  OMP_WAIT_POLICY=PASSIVE when other processes keep at least half the CPUs busy as the
+  command starts (on a quiet machine, passive waiting is the slower one), unless
+  OMP_WAIT_POLICY or GOMP_SPINCOUNT is already set; TRANSFERLAB_WAIT_POLICY=passive|spin
+  forces either. It changes no number (the work is split the same way), only how idle
+  threads wait; the choice holds for the whole command;
 - `apply_thread_policy()`, called where a command starts (cli/app.py main()): a thread count
   from TRANSFERLAB_THREADS; with TRANSFERLAB_THREADS=auto, fewer threads when other
   processes already keep the CPUs busy. OMP_NUM_THREADS / MKL_NUM_THREADS beat `auto`.
@@ -41,15 +44,40 @@ AUTO_BY_DEFAULT = False
 TORCH_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Variables that already say how idle OpenMP threads wait: the user's choice stands.
 WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# auto: passive when other processes keep at least half the CPUs busy at start; passive; spin
+# (libgomp's default). Changes no number either way.
+WAIT_POLICY_ENV = "TRANSFERLAB_WAIT_POLICY"
+WAIT_CHOICES = ("auto", "passive", "spin")
 
 
-def default_wait_policy(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Make idle OpenMP threads sleep rather than spin, unless the user chose; True if set.
+def default_wait_policy(environ: MutableMapping[str, str] = os.environ,
+                        busy: Callable[[], float] | None = None, cores: Callable[[], int] | None = None) -> bool:
+    """Make idle OpenMP threads sleep rather than spin when other processes keep the CPUs busy
+    (or TRANSFERLAB_WAIT_POLICY=passive), unless the user chose; True if it set PASSIVE.
 
-    libgomp reads the variable once, when torch loads it: with torch already imported,
-    setting it would change nothing here and only mislead child processes, so it is left alone.
+    Not on a quiet machine: there passive waiting cost 9-46% per step (threads_load, K=0),
+    because every parallel region then ends with a wake-up. Under load, spinning cost far more
+    (the module docstring). The check is the one `apply_thread_policy` uses: the 1-minute load
+    average, and only when that looks busy, the tasks runnable right now (so the lag of our
+    own previous command does not count). libgomp reads the variable once, when torch loads:
+    with torch already imported, setting it would change nothing here and only mislead child
+    processes, so it is left alone.
     """
     if "torch" in sys.modules or any(name in environ for name in WAIT_ENV):
+        return False
+    choice = environ.get(WAIT_POLICY_ENV, AUTO).strip().lower()
+    if choice not in WAIT_CHOICES:
+        return False  # reported by apply_thread_policy, which runs before any command
+    if choice == AUTO:
+        try:
+            n = (cores or usable_cpus)()
+            load1 = os.getloadavg()[0]
+            others = busy_cpus(load1, (busy or runnable_others)()) if load1 >= n / 2 else 0.0
+        except (OSError, ValueError, IndexError):
+            return False
+        if others < n / 2:
+            return False
+    elif choice != "passive":
         return False
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
@@ -169,6 +197,10 @@ def apply_thread_policy(log: Callable[[str], None] | None = None,
     """Decide (`env_threads`; with `auto`, `load_threads`) and apply: through OMP_NUM_THREADS
     before torch is loaded (libgomp, MKL and torch read it then; child processes inherit it),
     and torch.set_num_threads if it already is. `log` gets one line when the load cut the threads."""
+    wait = environ.get(WAIT_POLICY_ENV, AUTO).strip().lower()
+    if wait not in WAIT_CHOICES:
+        raise TransferlabError(f"{WAIT_POLICY_ENV} must be one of {', '.join(WAIT_CHOICES)}, not "
+                               f"{environ.get(WAIT_POLICY_ENV, '')[:40]!r}")
     decision = env_threads(environ)
     if decision is None:
         try:

@@ -27,6 +27,7 @@ from transferlab.pipelines.finetune_state import STATE_FILE as FINETUNE_STATE
 from transferlab.pipelines.probe import ProbeConfig, run_probe
 from transferlab.report.metrics import classification_metrics
 from transferlab.runs import read_json_object, run_status
+from transferlab.safe_yaml import read_yaml_file
 
 THROUGHPUT_FILE = "throughput.json"
 # Greedy selection aims at accuracy itself; likelihood weights lean on the best-calibrated
@@ -200,6 +201,24 @@ def tta_step(context: AutoContext, throughput: Throughput, best: StepResult) -> 
     return step
 
 
+ENSEMBLE_FEWEST = 3  # the smallest ensemble tried when the whole one does not fit
+
+
+def _ensemble_that_fits(throughput: Throughput, budget: Budget, steps: list[StepResult],
+                        flip: bool) -> tuple[list[StepResult], bool, float] | None:
+    """(members, flip, estimate) of the largest ensemble that fits: every run with flip, then
+    without it (half the scoring), then the best ENSEMBLE_FEWEST runs without it."""
+    best_first = sorted(steps, key=lambda s: s.val_accuracy, reverse=True)
+    options = [(steps, flip)] + ([(steps, False)] if flip else [])
+    if len(steps) > ENSEMBLE_FEWEST:
+        options.append((best_first[:ENSEMBLE_FEWEST], False))
+    for members, with_flip in options:
+        estimate = throughput.ensemble([s.backbone for s in members]) * (2 if with_flip else 1)
+        if budget.fits("ensemble", estimate):
+            return members, with_flip, estimate
+    return None
+
+
 def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[StepResult], best: StepResult,
                   tta: StepResult | None) -> StepResult | None:
     config, budget, log = context.config, context.budget, context.log
@@ -209,12 +228,15 @@ def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[Step
     run = context.run_dir("ensemble")
     flip = tta is not None and tta.val_accuracy > best.val_accuracy
     single = tta if flip else best
-    estimate = throughput.ensemble([s.backbone for s in steps]) * (2 if flip else 1)
     if run_status(run) != "complete":
-        if not budget.fits("ensemble", estimate):
-            log.add("ensemble", "skip", "does not fit", f"estimate {seconds_text(estimate * budget.scale('ensemble'))}, "
+        chosen = _ensemble_that_fits(throughput, budget, steps, flip)
+        if chosen is None:
+            estimate = throughput.ensemble([s.backbone for s in steps])
+            log.add("ensemble", "skip", "does not fit, not even without flip or of the best few runs",
+                    f"estimate {seconds_text(estimate * budget.scale('ensemble'))} without flip, "
                     f"{seconds_text(budget.left())} left")
             return None
+        steps, flip, estimate = chosen
         started = time.perf_counter()
         run_ensemble(EnsembleConfig(runs=[str(s.run) for s in steps], out=str(run), method=ENSEMBLE_METHOD,
                                     test=config.test, baseline=config.baseline,
@@ -225,9 +247,13 @@ def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[Step
     step = _finished("ensemble", "ensemble", run)
     table = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["ensemble"]
     weights = ", ".join(f"{Path(m['run']).name} {m['weight']:.2f}" for m in table["members"])
+    # What the run holds (a resumed auto reads a finished ensemble, whichever option it was).
+    saved = read_yaml_file(run / "config.yaml", "ensemble config")
+    flip = isinstance(saved, dict) and saved.get("tta") == "flip"
     better = step.val_accuracy > single.val_accuracy
     log.add(f"ensemble ({ENSEMBLE_METHOD})", "adopt" if better else "reject",
-            f"{len(steps)} runs" + (", flip on every member" if flip else "") + "; out-of-fold validation accuracy "
+            f"{len(table['members'])} runs" + (", flip on every member" if flip else "")
+            + "; out-of-fold validation accuracy "
             + ("beats" if better else "does not beat") + f" the best single run ({single.label})",
             f"{single.val_accuracy:.4f} -> {step.val_accuracy:.4f}; weights {weights}")
     log.ablation.append([f"+ ensemble ({ENSEMBLE_METHOD})", f"{step.val_accuracy:.4f}", f"{step.val_macro_f1:.4f}",
