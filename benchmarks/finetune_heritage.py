@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,15 +38,25 @@ def run_ours(data: str, recipe: Path, out: Path) -> dict:
     from transferlab.finetune.curves import read_epoch_metrics
 
     start = time.perf_counter()
-    subprocess.run([str(REPO_ROOT / ".venv/bin/transferlab"), "finetune", data, "--recipe", str(recipe),
-                    "--out", str(out), "--quiet"], check=True)
+    command = [str(REPO_ROOT / ".venv/bin/transferlab"), "finetune", data, "--recipe", str(recipe),
+               "--out", str(out), "--quiet"]
+    peak = _wait_peak(subprocess.Popen(command), command)
     wall = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     rows = read_epoch_metrics(out / "logs", len(metrics["stages"]))
     points = [(r["elapsed_s"], r["val_acc"]) for r in rows if "elapsed_s" in r and "val_acc" in r]
-    return {"wall": wall, "points": points, "val_acc": metrics["val"]["accuracy"],
+    return {"wall": wall, "peak_mib": peak, "points": points, "val_acc": metrics["val"]["accuracy"],
             "macro_f1": metrics["val"]["macro_f1"], "stages": metrics["stages"], "timings": metrics["timings"],
             "resolution": metrics["summary"]["resolution"], "precision": metrics["summary"]["precision"]}
+
+
+def _wait_peak(process: subprocess.Popen, command: list[str]) -> float:
+    """Wait for `process`; its own peak RSS in MiB (os.wait4: that child's usage, not the largest child's so far)."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return usage.ru_maxrss / 1024
 
 
 def run_plain(data: str, max_seconds: float, eval_every: int, epochs: int) -> dict:
@@ -53,13 +64,15 @@ def run_plain(data: str, max_seconds: float, eval_every: int, epochs: int) -> di
                "--max-seconds", str(max_seconds)]
     start = time.perf_counter()
     points = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
-        for line in process.stdout:
-            if line.startswith("{"):
-                record = json.loads(line)
-                points.append((float(record["seconds"]), float(record["val_acc"])))
-                print(f"plain: {record}", flush=True)
-    return {"wall": time.perf_counter() - start, "points": points, "command": " ".join(command)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("{"):
+            record = json.loads(line)
+            points.append((float(record["seconds"]), float(record["val_acc"])))
+            print(f"plain: {record}", flush=True)
+    process.stdout.close()
+    peak = _wait_peak(process, command)
+    return {"wall": time.perf_counter() - start, "peak_mib": peak, "points": points, "command": " ".join(command)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,12 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     plain_t = first_reaching(plain["points"], args.target) if plain else None
     rows = [["transferlab " + args.recipe.name, f"{ours['wall']:.0f}", f"{ours['val_acc']:.4f}",
              f"{max(a for _, a in ours['points']):.4f}", f"{ours_t:.0f}" if ours_t else "not reached",
-             f"{ours['resolution']}, {ours['precision']}"]]
+             f"{ours['resolution']}, {ours['precision']}", f"{ours['peak_mib']:.0f}"]]
     if plain:
         best_plain = max((a for _, a in plain["points"]), default=float("nan"))
         rows.append(["plain reference (224 px, fp32, full network)", f"{plain['wall']:.0f}", "-",
                      f"{best_plain:.4f}", f"{plain_t:.0f}" if plain_t else f"not reached in {plain['wall']:.0f}",
-                     "224px, fp32"])
+                     "224px, fp32", f"{plain['peak_mib']:.0f}"])
     if ours_t and plain_t:
         ratio = f"**{plain_t / ours_t:.1f}x** sooner ({plain_t:.0f} s / {ours_t:.0f} s)"
     elif ours_t and plain and plain["points"]:
@@ -113,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
 - machine: {machine_line(info)}
 - data: `{args.data}`, 80/20 stratified split (transferlab: its own seeded split; reference: sklearn's, seed 0)
 - time to {args.target} validation accuracy: {ratio}
+- peak RSS: of each run's own process (os.wait4), MiB; target for the fast recipe: under 2 GB
 
-{md_table(["run", "wall s", "final val acc", "best val acc", f"s to {args.target}", "input"], rows)}
+{md_table(["run", "wall s", "final val acc", "best val acc", f"s to {args.target}", "input", "peak RSS MiB"], rows)}
 
 transferlab stages:
 {stage_lines}

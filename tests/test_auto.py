@@ -34,7 +34,7 @@ def _config(data: Path, out: Path, **overrides) -> AutoConfig:
 @pytest.fixture(scope="module")
 def full(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("auto-full") / "auto"
-    return run_auto(_config(data, out)), out
+    return run_auto(_config(data, out, max_finetunes=2)), out
 
 
 def test_a_roomy_budget_runs_the_whole_plan(full, data):
@@ -52,9 +52,14 @@ def test_a_roomy_budget_runs_the_whole_plan(full, data):
     prediction = predictor.predict_paths([next(data.rglob("*.png"))])[0]
     assert prediction.error is None and prediction.top[0][0] in predictor.classes
     assert {p.name for p in (out / "runs").iterdir()} >= {"probe-test_resnet", "probe-test_efficientnet"}
-    # The best probed backbone fine-tuned again at 1.25x the recipe's 48 px, in multiples of 32.
+    # Both probed backbones fine-tuned, then the better of the two again at 1.25x the recipe's
+    # 48 px (in multiples of 32), last: a second backbone comes before a higher resolution.
+    plain = [s for s in result.steps if s.kind == "finetune" and s.resolution is None]
     higher = [s for s in result.steps if s.resolution is not None]
+    assert sorted(s.backbone for s in plain) == sorted(BACKBONES)
     assert [s.resolution for s in higher] == [64] and higher[0].run.name.endswith("-64px")
+    assert higher[0].backbone == max(plain, key=lambda s: s.val_accuracy).backbone
+    assert plan.index(f"**{higher[0].label}**") > max(plan.index(f"**{s.label}**") for s in plain)
     assert json.loads((higher[0].run / "model" / "model.json").read_text())["resolution"] == 64
     assert f"**{higher[0].label}**: run" in plan and "| + resolution | 0." in plan
 
@@ -64,7 +69,7 @@ def test_the_same_command_again_reuses_every_finished_run(full, data):
     metrics = sorted((out / "runs").glob("*/metrics.json"))
     stamps = {p: p.stat().st_mtime_ns for p in metrics}
     spent = json.loads((out / "auto.json").read_text())["spent_s"]
-    again = run_auto(_config(data, out))
+    again = run_auto(_config(data, out, max_finetunes=2))
     assert again.chosen == result.chosen and again.val_accuracy == result.val_accuracy
     assert {p: p.stat().st_mtime_ns for p in metrics} == stamps  # nothing was run twice
     plan = (out / "plan.md").read_text(encoding="utf-8")

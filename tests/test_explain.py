@@ -11,7 +11,7 @@ from PIL import Image
 
 from transferlab.backbones import create_backbone
 from transferlab.errors import TransferlabError
-from transferlab.explain.cam import CAM_METHODS, MIN_DISPLAY_SIZE, target_layer
+from transferlab.explain.cam import CAM_BATCH, CAM_METHODS, MIN_DISPLAY_SIZE, target_layer
 from transferlab.explain.run import RunExplainer
 from transferlab.pipelines.probe import ProbeConfig, run_probe
 from transferlab.report.errors import (
@@ -45,6 +45,21 @@ def test_cam_has_the_input_size_and_values_in_range(probe_run, method):
         assert result.cam.min() >= 0.0 and result.cam.max() <= 1.0
         assert result.overlay.shape == (MIN_DISPLAY_SIZE, MIN_DISPLAY_SIZE, 3)
         assert 0 <= result.predicted < 3 and 0.0 < result.probability <= 1.0
+
+
+def test_cams_of_a_batch_are_those_of_each_image_alone(probe_run):
+    # CAMs run CAM_BATCH images per backward pass (memory); an odd batch larger than that must
+    # give every image the map, prediction and probability it gets on its own.
+    explainer = RunExplainer(probe_run[0])
+    images = torch.randint(0, 255, (2 * CAM_BATCH + 1, 3, 64, 64), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    together = explainer.explain(images)
+    alone = [explainer.explain(image.unsqueeze(0))[0] for image in images]
+    assert len(together) == len(images)
+    for batched, single in zip(together, alone):
+        assert batched.predicted == single.predicted
+        assert batched.probability == pytest.approx(single.probability, abs=1e-5)
+        np.testing.assert_allclose(batched.cam, single.cam, atol=1e-4)
 
 
 def test_explain_paths_writes_one_overlay_per_method(probe_run, tmp_path):
