@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,6 +46,7 @@ else:
 TARGET_COLD_S = 360.0
 TARGET_ACC = 0.92
 TARGET_WARM_S = 30.0
+TARGET_PEAK_MIB = 1536.0  # a probe of 10,000 images stays under 1.5 GB
 
 STUDY_RESOLUTIONS = (64, 96, 128, 160, 224)
 STUDY_PRECISIONS = ("fp32", "bf16")
@@ -78,7 +80,9 @@ def probe_once(data: str, out: Path, cache: Path, backbone: str, baseline: str |
     t0 = time.perf_counter()
     result = run_probe(config)
     wall = time.perf_counter() - t0
-    return _figures(result.metrics, result.summary, wall)
+    # This process's peak so far: the first (cold) call's own, imports included; later calls can only raise it.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _figures(result.metrics, result.summary, wall) | {"peak_mib": peak}
 
 
 def _figures(metrics: dict, summary: dict, wall: float) -> dict:
@@ -159,16 +163,22 @@ def cli_probe_command(help_text: str, data: str, out: Path, cache: Path, backbon
 
 def cli_once(cmd: list[str], cache: Path, out: Path) -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_cli_env(cache), cwd=str(REPO_ROOT))
+    with tempfile.TemporaryFile("w+") as output:
+        proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, text=True, env=_cli_env(cache),
+                                cwd=str(REPO_ROOT))
+        _, status, usage = os.wait4(proc.pid, 0)  # that child's own peak RSS, not the largest child's so far
+        returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        text = output.read()
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout)[-2000:]
-        log(f"CLI failed (rc {proc.returncode}):\n{tail}")
-        return {"wall_s": round(wall, 2), "error": f"rc {proc.returncode}: {tail.strip().splitlines()[-1:]}"}
+    if returncode != 0:
+        tail = text[-2000:]
+        log(f"CLI failed (rc {returncode}):\n{tail}")
+        return {"wall_s": round(wall, 2), "error": f"rc {returncode}: {tail.strip().splitlines()[-1:]}"}
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
-        return _figures(metrics, metrics.get("summary", {}), wall)
+        return _figures(metrics, metrics.get("summary", {}), wall) | {"peak_mib": usage.ru_maxrss / 1024}
     return {"wall_s": round(wall, 2), "error": f"no {metrics_path}"}
 
 
@@ -231,24 +241,32 @@ def _target(row: dict, name: str) -> str:
     return f"{'met' if ok else 'MISSED'} (< {TARGET_WARM_S:.0f} s)"
 
 
+def _peak(row: dict, name: str) -> str:
+    """Peak RSS where it is this run's own: a CLI run's process, or the first library call's."""
+    if "peak_mib" not in row or name == "library warm":
+        return "-"
+    verdict = "met" if row["peak_mib"] < TARGET_PEAK_MIB else "MISSED"
+    return f"{row['peak_mib']:.0f} ({verdict}: < {TARGET_PEAK_MIB:.0f})"
+
+
 def _default_rows(report: dict) -> list[list]:
     rows = []
     for name, r in report["results"].items():
         if "error" in r:
-            rows.append([name, fmt(r["wall_s"]), "", "", "", "", "", r["error"]])
+            rows.append([name, fmt(r["wall_s"]), "", "", "", "", "", "", r["error"]])
             continue
         t = r.get("timings", {})
         phases = ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total")
         rows.append([
             name, fmt(r["wall_s"]), fmt(r["accuracy"], 4), fmt(r["macro_f1"], 4), f"{r['beats']}/{r['of']}",
             fmt(r["img_per_s"], 0) if r["img_per_s"] else f"- ({r['from_cache']} cached)",
-            phases, _target(r, name),
+            phases, _peak(r, name), _target(r, name),
         ])
     return rows
 
 
 HEADERS = ["run", "wall s", "val acc", "val macro F1", "beats baseline", "extract img/s",
-           "phases (s)", "target"]
+           "phases (s)", "peak RSS MiB", "target"]
 
 
 def print_default(report: dict) -> None:
@@ -271,7 +289,9 @@ def default_markdown(report: dict, args) -> str:
         f"- settings (library defaults): resolution {first.get('resolution')}, precision "
         f"{first.get('precision')}, layers {first.get('layers')}, classifier logreg",
         "- wall s: the whole `run_probe(...)` call (CLI: the whole subprocess, start-up included); "
-        "extract img/s: the library's own figure (images extracted / extraction phase, hashing included)",
+        "extract img/s: the library's own figure (images extracted / extraction phase, hashing included); "
+        "peak RSS: a CLI run's own process (os.wait4), or the benchmark process after the first library call "
+        "(imports included; the warm call's own peak is not separable)",
         "",
         md_table(HEADERS, _default_rows(report)),
     ]

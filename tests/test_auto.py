@@ -52,14 +52,13 @@ def test_a_roomy_budget_runs_the_whole_plan(full, data):
     prediction = predictor.predict_paths([next(data.rglob("*.png"))])[0]
     assert prediction.error is None and prediction.top[0][0] in predictor.classes
     assert {p.name for p in (out / "runs").iterdir()} >= {"probe-test_resnet", "probe-test_efficientnet"}
-    # Both probed backbones fine-tuned, then the better of the two again at 1.25x the recipe's
-    # 48 px (in multiples of 32), last: a second backbone comes before a higher resolution.
-    plain = [s for s in result.steps if s.kind == "finetune" and s.resolution is None]
-    higher = [s for s in result.steps if s.resolution is not None]
-    assert sorted(s.backbone for s in plain) == sorted(BACKBONES)
-    assert [s.resolution for s in higher] == [64] and higher[0].run.name.endswith("-64px")
-    assert higher[0].backbone == max(plain, key=lambda s: s.val_accuracy).backbone
-    assert plan.index(f"**{higher[0].label}**") > max(plan.index(f"**{s.label}**") for s in plain)
+    # Both probed backbones fine-tuned, and between them the first again at 1.25x the recipe's
+    # 48 px (in multiples of 32).
+    finetunes = [s for s in result.steps if s.kind == "finetune"]
+    assert [s.resolution for s in finetunes] == [None, 64, None]
+    assert finetunes[1].backbone == finetunes[0].backbone and finetunes[1].run.name.endswith("-64px")
+    assert {finetunes[0].backbone, finetunes[2].backbone} == set(BACKBONES)
+    higher = finetunes[1:2]
     assert json.loads((higher[0].run / "model" / "model.json").read_text())["resolution"] == 64
     assert f"**{higher[0].label}**: run" in plan and "| + resolution | 0." in plan
 
@@ -84,6 +83,22 @@ def test_a_budget_that_cannot_hold_a_fine_tune_gives_a_smaller_plan(data, tmp_pa
     assert "**fine-tune test_" in plan and "skip: does not fit" in plan
     assert not list((tmp_path / "auto" / "runs").glob("finetune-*"))
     assert all(s.kind == "probe" for s in result.steps)
+
+
+def test_a_fine_tune_that_does_not_fit_leaves_the_next_backbone_its_turn(data, tmp_path, monkeypatch):
+    asked: list[str] = []
+    original = auto_plan.Throughput.finetune
+
+    def finetune(self, backbone):  # the best-ranked backbone's fine-tune could never fit
+        asked.append(backbone)
+        return 1e9 if backbone == asked[0] else original(self, backbone)
+
+    monkeypatch.setattr(auto_plan.Throughput, "finetune", finetune)
+    result = run_auto(_config(data, tmp_path / "auto", max_finetunes=2))
+    plan = (tmp_path / "auto" / "plan.md").read_text(encoding="utf-8")
+    assert f"**fine-tune {asked[0]}**: skip: does not fit" in plan
+    ran = [s for s in result.steps if s.kind == "finetune"]
+    assert ran and {s.backbone for s in ran} == set(BACKBONES) - {asked[0]}
 
 
 def test_a_budget_too_short_for_one_probe_is_one_line(data, tmp_path, monkeypatch):
