@@ -134,3 +134,26 @@ def fmt(value, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+# Runs a command and prints its peak RSS (KiB) as the last line. A child's ru_maxrss also counts
+# the RSS of the process it was forked from (Linux records the old memory's high-water mark at
+# exec), so a benchmark process that already holds torch and a probe would lend its own peak to
+# every command it starts: this small launcher is what starts the command instead.
+_PEAK_LAUNCHER = ("import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:]); "
+                  "_, status, usage = os.wait4(child.pid, 0); "
+                  "print(f'\\nPEAK_KIB={usage.ru_maxrss}', flush=True); "
+                  "sys.exit(os.waitstatus_to_exitcode(status))")
+
+
+def run_with_peak(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[int, str, float | None]:
+    """(return code, stdout and stderr, the command's own peak RSS in MiB) of `cmd`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _PEAK_LAUNCHER, *cmd], capture_output=True, text=True, env=env,
+                          cwd=cwd)
+    text = done.stdout + done.stderr
+    marks = [line for line in done.stdout.splitlines() if line.startswith("PEAK_KIB=")]
+    peak = int(marks[-1].split("=", 1)[1]) / 1024 if marks else None
+    return done.returncode, text, peak

@@ -38,10 +38,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import (BASELINE_DEFAULT, DATA_DEFAULT, REPO_ROOT, command_line, fmt, machine_info,
-                         machine_line, md_table, now, update_section)
+                         machine_line, md_table, now, run_with_peak, update_section)
 else:
     from ._common import (BASELINE_DEFAULT, DATA_DEFAULT, REPO_ROOT, command_line, fmt, machine_info,
-                          machine_line, md_table, now, update_section)
+                          machine_line, md_table, now, run_with_peak, update_section)
 
 TARGET_COLD_S = 360.0
 TARGET_ACC = 0.92
@@ -61,7 +61,8 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- library runs
 
 def _img_per_s(summary: dict) -> float | None:
-    match = re.search(r"\(([\d.]+) img/s\)", str(summary.get("features", "")))
+    # "(122 img/s)", or with the engine named: "(openvino, 363 img/s)"
+    match = re.search(r"[(, ]([\d.]+) img/s\)", str(summary.get("features", "")))
     return float(match.group(1)) if match else None
 
 
@@ -163,13 +164,7 @@ def cli_probe_command(help_text: str, data: str, out: Path, cache: Path, backbon
 
 def cli_once(cmd: list[str], cache: Path, out: Path) -> dict:
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as output:
-        proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, text=True, env=_cli_env(cache),
-                                cwd=str(REPO_ROOT))
-        _, status, usage = os.wait4(proc.pid, 0)  # that child's own peak RSS, not the largest child's so far
-        returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        text = output.read()
+    returncode, text, peak = run_with_peak(cmd, env=_cli_env(cache), cwd=str(REPO_ROOT))
     wall = time.perf_counter() - t0
     if returncode != 0:
         tail = text[-2000:]
@@ -178,7 +173,7 @@ def cli_once(cmd: list[str], cache: Path, out: Path) -> dict:
     metrics_path = out / "metrics.json"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
-        return _figures(metrics, metrics.get("summary", {}), wall) | {"peak_mib": usage.ru_maxrss / 1024}
+        return _figures(metrics, metrics.get("summary", {}), wall) | ({"peak_mib": peak} if peak else {})
     return {"wall_s": round(wall, 2), "error": f"no {metrics_path}"}
 
 

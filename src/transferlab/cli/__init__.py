@@ -2,6 +2,16 @@
 function, prints. The commands register themselves on `app` when their module is imported,
 in the order `--help` lists them: data first, then training, then finished runs."""
 
+import sys
+
+# torch's compiler stack (torch._dynamo, which torchvision's ops import) loads Triton when it is
+# installed, and torch's PyPI wheel installs it: 77 MB of RSS in every command for a GPU kernel
+# compiler that nothing here uses (no torch.compile). A command's process is the CLI's own, so
+# Triton is kept out of it (import triton fails, torch's probes see it absent); a process that
+# imported torch first, e.g. a user's script or the test suite, is left alone.
+if "torch" not in sys.modules:
+    sys.modules.setdefault("triton", None)
+
 # isort: off
 from transferlab.cli import data_commands  # noqa: F401  (registers backbones, doctor, rank, embed)
 from transferlab.cli import train_commands  # noqa: F401  (registers probe, finetune, demo)
