@@ -81,7 +81,7 @@ def cached_activations(net, store: ImageStore, level: int, augmentation, draw_se
             if out is None:
                 out = torch.empty((len(store.labels), *chunk.shape[1:]), dtype=torch.bfloat16)
             out[start + offset:start + offset + len(chunk)] = chunk
-    if out is None:  # no images: the shape of one output is still needed by the caller
+    if out is None:  # as torch.cat of no chunks did: training never starts without images
         raise ValueError("cached_activations of an empty image store")
     return out
 

@@ -165,8 +165,8 @@ def _finetunes(context: AutoContext, throughput: Throughput, ranked: list[str]) 
     each only while it fits with room kept for scoring an ensemble of what is there by then.
 
     The higher resolution comes before a second backbone: on heritage (20 minutes) that order
-    reached 0.9674 (lite1 at 128 and 160 px), the other 0.9650 (lite1 and lite2 at 128 px),
-    both within the noise of 2,026 validation images. A step that does not fit does not end
+    reached 0.9674 and 0.9664, the other 0.9650 (BENCHMARKS.md, auto_heritage-20m and -order),
+    all within the noise of 2,026 validation images. A step that does not fit does not end
     the list: a smaller backbone's may still fit."""
     done: list[StepResult] = []
     for backbone in ranked[: context.config.max_finetunes]:
@@ -181,19 +181,19 @@ def _finetunes(context: AutoContext, throughput: Throughput, ranked: list[str]) 
     return done
 
 
-def _higher_resolution_step(context: AutoContext, throughput: Throughput, best: StepResult,
+def _higher_resolution_step(context: AutoContext, throughput: Throughput, first: StepResult,
                             members: list[str]) -> StepResult | None:
     """The first fine-tune again at RESOLUTION_STEP times its resolution: probes on heritage gained
     0.6 points at 160 px over 128 and 1.1 at 224 (BENCHMARKS.md, probe_heritage), at the cost
     of the pixel ratio. `members`: the backbones of the runs an ensemble would score by then."""
-    base = int(read_json_object(best.run / "model" / "model.json", "model card")["resolution"])
-    target = higher_resolution(base, native_size(best.backbone), context.short_side)
+    base = int(read_json_object(first.run / "model" / "model.json", "model card")["resolution"])
+    target = higher_resolution(base, native_size(first.backbone), context.short_side)
     if target is None:
         context.log.add("resolution", "skip", f"{base} px is already as large as the backbone's native size and "
                         "the images' own")
         return None
-    reserve = throughput.ensemble(members + [best.backbone])
-    return finetune_step(context, throughput, best.backbone, reserve, resolution=target,
+    reserve = throughput.ensemble(members + [first.backbone])
+    return finetune_step(context, throughput, first.backbone, reserve, resolution=target,
                          cost_factor=(target / base) ** 2)
 
 

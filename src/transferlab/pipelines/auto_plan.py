@@ -4,9 +4,10 @@ Costs are estimated from this machine's measured throughput (the ranking step ti
 extraction of a subsample with each backbone) in units of "passes": one forward pass of a
 backbone over every image of the folder, decoding included. A probe is about one pass; the
 fast fine-tune recipe about `FINETUNE_PASSES` (calibrated on Architectural Heritage: cached
-activations of 4 augmentation draws, then 6 epochs of the top group, then the evaluation). After every step the ratio of measured to estimated time
-rescales the estimates still to come, so a machine slower than the calibration (or a busy
-one) shrinks the plan instead of overrunning the budget.
+activations of 4 augmentation draws, then 6 epochs of the top group, then the evaluation).
+After every step the ratio of measured to estimated time rescales the estimates still to
+come, so a machine slower than the calibration (or a busy one) shrinks the plan instead of
+overrunning the budget.
 
 Every decision goes to `plan.md` with its reason and the figure behind it.
 """
