@@ -32,3 +32,12 @@ def test_a_process_that_imported_torch_first_is_left_alone():
     out = _run("import torch, transferlab.cli; from torch.utils._triton import has_triton_package; "
                "print(has_triton_package())")
     assert out == "True"
+
+
+def test_keeping_triton_out_costs_no_warning_on_stderr():
+    # torch.utils.flop_counter (imported by the latency estimate) warns "triton not found" on
+    # import in a CUDA build of torch; every command printed that line once Triton was kept out.
+    done = subprocess.run([sys.executable, "-c", "import transferlab.cli, torch.utils.flop_counter, "
+                           "transferlab.insight.latency"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "triton" not in done.stderr.lower(), done.stderr[-2000:]

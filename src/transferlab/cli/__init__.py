@@ -2,6 +2,7 @@
 function, prints. The commands register themselves on `app` when their module is imported,
 in the order `--help` lists them: data first, then training, then finished runs."""
 
+import logging
 import sys
 
 # torch's compiler stack (torch._dynamo, which torchvision's ops import) loads Triton when it is
@@ -11,6 +12,9 @@ import sys
 # imported torch first, e.g. a user's script or the test suite, is left alone.
 if "torch" not in sys.modules:
     sys.modules.setdefault("triton", None)
+    # torch.utils.flop_counter (the latency estimate uses it) warns on import when Triton is
+    # absent from a CUDA build of torch; its triton-kernel counting is nothing we use.
+    logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)
 
 # isort: off
 from transferlab.cli import data_commands  # noqa: F401  (registers backbones, doctor, rank, embed)
