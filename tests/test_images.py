@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from transferlab.data import images as images_module
@@ -364,3 +365,26 @@ def test_image_size_reads_header(tmp_path):
     path = tmp_path / "wide.png"
     Image.new("RGB", (31, 17)).save(path)
     assert image_size(path) == (31, 17)
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "I;16"])
+@pytest.mark.parametrize("size", [(300, 300), (97, 61), (40, 130)])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_a_grayscale_image_is_prepared_as_its_rgb_copy(tmp_path, mode, size, interpolation):
+    # preprocess resizes a grayscale image as one channel and repeats it: the same pixels as
+    # resizing its RGB copy, which is what every path did before (and does for colour images).
+    from transferlab.data.transforms import fit_square, preprocess
+
+    rng = np.random.default_rng(len(mode) + size[0])
+    high = 65535 if mode == "I;16" else 255
+    values = rng.integers(0, high + 1, size[::-1]).astype(np.uint16 if mode == "I;16" else np.uint8)
+    image = Image.fromarray(values) if mode == "I;16" else Image.fromarray(values).convert(mode)
+    path = tmp_path / "gray.png"
+    image.save(path)
+    assert load_rgb(path, keep_gray=True).mode == "L"  # the one-channel path is the one taken
+    for resolution in (64, 224):
+        gray = preprocess(path, resolution, interpolation)
+        rgb = fit_square(load_rgb(path), resolution, interpolation)  # load_rgb alone converts to RGB
+        assert gray.shape == rgb.shape == (3, resolution, resolution)
+        assert gray.dtype == torch.uint8
+        assert torch.equal(gray, rgb)

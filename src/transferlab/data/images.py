@@ -109,9 +109,9 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, keep_gray: bool = False) -> Image.Image:
     mode = image.mode
-    if mode == "RGB":
+    if mode == "RGB" or (keep_gray and mode == "L"):
         return image
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -125,21 +125,27 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float32)
         low, high = float(array.min()), float(array.max())
         scaled = np.zeros_like(array) if high <= low else (array - low) / (high - low) * 255.0
-        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+        gray = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+        return gray if keep_gray else gray.convert("RGB")
+    if keep_gray and mode == "1":
+        return image.convert("L")
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def load_rgb(path: str | Path | BinaryIO, draft_size: int | None = None, max_aspect: float | None = None) -> Image.Image:
+def load_rgb(path: str | Path | BinaryIO, draft_size: int | None = None, max_aspect: float | None = None,
+             keep_gray: bool = False) -> Image.Image:
     """Decode `path` (or an open binary file) to an RGB PIL image with EXIF orientation applied.
 
     `draft_size` lets the JPEG decoder downscale by 2/4/8 while decoding (much faster for
     large photos) as long as the result stays at least that many pixels on each side.
     `max_aspect` refuses, from the header alone, images more elongated than that ratio.
+    `keep_gray` leaves a grayscale image one channel (mode L) for a caller that resizes it
+    first (`fit_square`): the same pixels as resizing its RGB copy, for a third of the work.
     Only ACCEPTED_FORMATS are decoded; a path that is not a regular file is refused unread.
     """
     try:
         with _open_source(path) as source:
-            return _decode(source, draft_size, max_aspect)
+            return _decode(source, draft_size, max_aspect, keep_gray)
     except ImageDecodeError:
         raise
     except MemoryError:
@@ -170,7 +176,7 @@ def _open_source(path: str | Path | BinaryIO) -> contextlib.AbstractContextManag
     return handle
 
 
-def _decode(source: BinaryIO, draft_size: int | None, max_aspect: float | None) -> Image.Image:
+def _decode(source: BinaryIO, draft_size: int | None, max_aspect: float | None, keep_gray: bool) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(source, formats=ACCEPTED_FORMATS) as image:
@@ -180,7 +186,7 @@ def _decode(source: BinaryIO, draft_size: int | None, max_aspect: float | None) 
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
             image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return _to_rgb(image, keep_gray)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -24,11 +24,16 @@ def preprocess(path: Path, resolution: int, interpolation: str = "bicubic") -> t
     and the resized size is checked again, so no upload can make this allocate more than
     MAX_ASPECT_RATIO * R * R pixels.
     """
-    return fit_square(load_rgb(path, draft_size=resolution, max_aspect=MAX_ASPECT_RATIO), resolution, interpolation)
+    image = load_rgb(path, draft_size=resolution, max_aspect=MAX_ASPECT_RATIO, keep_gray=True)
+    return fit_square(image, resolution, interpolation)
 
 
 def fit_square(image: Image.Image, resolution: int, interpolation: str = "bicubic") -> torch.Tensor:
-    """An RGB PIL image -> uint8 (3, R, R): shorter side to R, centre crop (what `preprocess` does after decoding)."""
+    """An RGB (or L) PIL image -> uint8 (3, R, R): shorter side to R, centre crop (what `preprocess` does after decoding).
+
+    A grayscale image is resized as one channel, then repeated: PIL resamples each channel
+    alike, so the pixels are those of its RGB copy resized (tests/test_images.py).
+    """
     width, height = image.size
     check_aspect(width, height)  # again after EXIF rotation and JPEG draft scaling
     scale = resolution / min(width, height)
@@ -38,7 +43,10 @@ def fit_square(image: Image.Image, resolution: int, interpolation: str = "bicubi
     image = image.resize(size, _RESAMPLE.get(interpolation, Image.Resampling.BILINEAR))
     left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
     image = image.crop((left, top, left + resolution, top + resolution))
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    pixels = np.asarray(image, dtype=np.uint8)
+    # A grayscale image's one channel, repeated (a new array); an RGB one copied (PIL's is read-only).
+    pixels = np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels.copy()
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
