@@ -257,3 +257,27 @@ def test_every_command_has_help():
                     "serve", "export", "demo"):
         code, output = invoke(command, "--help")
         assert code == 0 and "Usage" in output
+
+
+def test_a_bf16_probe_reports_what_predict_gives(image_folder, tmp_path):
+    # The head is fit on bf16 features, but predict runs in fp32: the validation images are scored
+    # on fp32 features, so predictions.csv (and every figure from it) is what the saved model predicts.
+    import numpy as np
+    import torch
+
+    from transferlab.data.transforms import preprocess
+
+    out = tmp_path / "run"
+    fast_bf16 = [a if a != "fp32" else "bf16" for a in FAST]
+    code, output = invoke("probe", image_folder, "--out", out, *fast_bf16)
+    assert code == 0, output
+    card = json.loads((out / "model" / "model.json").read_text())
+    assert card["precision"] == "bf16" and card["inference_precision"] == "fp32"
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    predictor = ProbePredictor(out)
+    images = torch.stack([preprocess(r["path"], predictor.resolution, predictor.interpolation) for r in rows])
+    saved = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
+    np.testing.assert_allclose(saved, predictor.predict_tensor(images), atol=1e-4)
+    summary = json.loads((out / "run.json").read_text()).get("summary") or {}
+    assert "scored on fp32 features" in json.dumps(summary) + (out / "report.html").read_text()

@@ -512,3 +512,24 @@ def test_a_bad_recipe_built_in_python_is_refused_before_any_image_is_read(tmp_pa
 def test_top0_names_no_group():
     with pytest.raises(TransferlabError, match="top0"):
         expand_group_spec("top0,head", GROUPS + ["head"])
+
+
+def test_a_bf16_fine_tune_reports_what_predict_gives(tmp_path, data):
+    # Trained under bf16 autocast, scored in fp32 as predict runs it: predictions.csv is the saved model's.
+    from transferlab.data.transforms import preprocess
+
+    out = tmp_path / "run"
+    run_finetune(FinetuneConfig(data=str(data), out=str(out), recipe=tiny_recipe(stages="head-only", precision="bf16"),
+                                workers=0, progress=False))
+    assert json.loads((out / "model" / "model.json").read_text())["precision"] == "bf16"
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    predictor = load_predictor(out)
+    images = torch.stack([preprocess(r["path"], predictor.resolution, predictor.interpolation) for r in rows])
+    saved = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
+    fp32 = predictor.predict_tensor(images)
+    np.testing.assert_allclose(saved, fp32, atol=6e-6)  # predictions.csv keeps 5 decimals
+    # Not vacuous: scored under bf16 autocast, this tiny network's probabilities move by more.
+    from transferlab.finetune.network import predict_probabilities
+
+    assert np.abs(predict_probabilities(predictor.net, images, "bf16", False) - fp32).max() > 1.5e-5

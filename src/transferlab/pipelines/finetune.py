@@ -161,8 +161,10 @@ def _finish(config: FinetuneConfig, setup: TrainingSetup, ctx: StageContext, run
     if setup.data.test_scan is not None:
         stores["test"] = load_images(setup.data.test_scan.samples, setup.resolution, backbone.interpolation,
                                      config.workers, config.progress, "decoding test")
+    # Scored as predict, serve and export run the model (fp32), not in the training precision:
+    # the report states what the saved model does (the probe does the same, see _extract_groups).
     splits = [SplitPredictions(name, store.paths, store.labels.numpy(),
-                               predict_probabilities(net, store.images, setup.precision, recipe.tta))
+                               predict_probabilities(net, store.images, INFERENCE_PRECISION, recipe.tta))
               for name, store in stores.items()]
     evaluated = splits[-1].name
     features = {evaluated: pooled_features(net, stores[evaluated].images, setup.precision)} if config.embed else {}
