@@ -4,7 +4,7 @@ Costs are estimated from this machine's measured throughput (the ranking step ti
 extraction of a subsample with each backbone) in units of "passes": one forward pass of a
 backbone over every image of the folder, decoding included. A probe is about one pass; the
 fast fine-tune recipe about `FINETUNE_PASSES` (calibrated on Architectural Heritage: cached
-activations of 4 augmentation draws, then 6 epochs of the top group, then the evaluation).
+activations of 4 augmentation draws, then 12 epochs of the top group, then the evaluation).
 After every step the ratio of measured to estimated time rescales the estimates still to
 come, so a machine slower than the calibration (or a busy one) shrinks the plan instead of
 overrunning the budget.
@@ -21,9 +21,10 @@ from pathlib import Path
 from transferlab.atomic import write_text
 
 # Fast recipe / one pass as the ranking measures it (a few batches, start-up included, so slower
-# than a long extraction): heritage lite1 at 128 px took 216 s against 61 s for one pass (3.5);
-# 5.0 keeps a margin for data whose decoding or activations cost more.
-FINETUNE_PASSES = 5.0
+# than a long extraction): heritage lite1 at 128 px took 216 s against 61 s for one pass (3.5)
+# with 6 epochs of the top group and a bf16 evaluation; auto's 12 epochs add about 45 s and the
+# fp32 evaluation about 20 s (4.6); 6.0 keeps a margin for data whose decoding or activations cost more.
+FINETUNE_PASSES = 6.0
 PROBE_PASSES = 1.2  # extraction, fit, evaluation and report
 # Every member re-scored on the validation images, per view, in fp32 (extraction, which the
 # ranking times, runs in bf16): measured 1.6-3.5 passes on heritage and elpv; 1.5 overran an
