@@ -528,8 +528,9 @@ def test_a_bf16_fine_tune_reports_what_predict_gives(tmp_path, data):
     images = torch.stack([preprocess(r["path"], predictor.resolution, predictor.interpolation) for r in rows])
     saved = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
     fp32 = predictor.predict_tensor(images)
-    np.testing.assert_allclose(saved, fp32, atol=6e-6)  # predictions.csv keeps 5 decimals
-    # Not vacuous: scored under bf16 autocast, this tiny network's probabilities move by more.
+    tolerance = 6e-6  # predictions.csv keeps 5 decimals
+    np.testing.assert_allclose(saved, fp32, atol=tolerance)
+    # Not vacuous: scored under bf16 autocast, this tiny network's probabilities move by more (3e-5 here).
     from transferlab.finetune.network import predict_probabilities
 
-    assert np.abs(predict_probabilities(predictor.net, images, "bf16", False) - fp32).max() > 1.5e-5
+    assert np.abs(predict_probabilities(predictor.net, images, "bf16", False) - fp32).max() > tolerance
