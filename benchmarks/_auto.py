@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, machine_info, machine_line, md_table, now, update_section  # noqa: E402
+from _common import command_line, machine_info, machine_line, md_table, now, update_section, wait_peak  # noqa: E402
 
 LAUNCH = "from transferlab.cli import main; main()"
 
@@ -33,12 +33,8 @@ def transferlab(*args: str, env: dict | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of one transferlab command in its own process: os.wait4
     gives that child's own resource usage, not the maximum over every child so far."""
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], env=env)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise subprocess.CalledProcessError(child.returncode, args)
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    peak = wait_peak(subprocess.Popen([sys.executable, "-c", LAUNCH, *args], env=env), list(args))
+    return time.perf_counter() - started, peak
 
 
 def default_probe(data: str, work: Path, baseline: str | None) -> dict:

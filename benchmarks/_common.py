@@ -136,6 +136,19 @@ def fmt(value, digits: int = 1) -> str:
     return str(value)
 
 
+def wait_peak(process, command: list[str]) -> float:
+    """Wait for `process`; its own peak RSS in MiB (os.wait4: that child's usage, not the largest
+    child's so far). Raises CalledProcessError when it failed."""
+    import os
+    import subprocess
+
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return usage.ru_maxrss / 1024
+
+
 # Runs a command and prints its peak RSS (KiB) as the last line. A child's ru_maxrss also counts
 # the RSS of the process it was forked from (Linux records the old memory's high-water mark at
 # exec), so a benchmark process that already holds torch and a probe would lend its own peak to

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,9 +22,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import DATA_DEFAULT, REPO_ROOT, command_line, machine_info, machine_line, md_table, now, update_section
+    from _common import (DATA_DEFAULT, REPO_ROOT, command_line, machine_info, machine_line, md_table, now,
+                         update_section, wait_peak)
 else:
-    from ._common import DATA_DEFAULT, REPO_ROOT, command_line, machine_info, machine_line, md_table, now, update_section
+    from ._common import (DATA_DEFAULT, REPO_ROOT, command_line, machine_info, machine_line, md_table, now,
+                          update_section, wait_peak)
 
 PLAIN_FINETUNE = "/work/shared/bench/plain_finetune.py"
 
@@ -40,7 +41,7 @@ def run_ours(data: str, recipe: Path, out: Path) -> dict:
     start = time.perf_counter()
     command = [str(REPO_ROOT / ".venv/bin/transferlab"), "finetune", data, "--recipe", str(recipe),
                "--out", str(out), "--quiet"]
-    peak = _wait_peak(subprocess.Popen(command), command)
+    peak = wait_peak(subprocess.Popen(command), command)
     wall = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     rows = read_epoch_metrics(out / "logs", len(metrics["stages"]))
@@ -48,15 +49,6 @@ def run_ours(data: str, recipe: Path, out: Path) -> dict:
     return {"wall": wall, "peak_mib": peak, "points": points, "val_acc": metrics["val"]["accuracy"],
             "macro_f1": metrics["val"]["macro_f1"], "stages": metrics["stages"], "timings": metrics["timings"],
             "resolution": metrics["summary"]["resolution"], "precision": metrics["summary"]["precision"]}
-
-
-def _wait_peak(process: subprocess.Popen, command: list[str]) -> float:
-    """Wait for `process`; its own peak RSS in MiB (os.wait4: that child's usage, not the largest child's so far)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise subprocess.CalledProcessError(process.returncode, command)
-    return usage.ru_maxrss / 1024
 
 
 def run_plain(data: str, max_seconds: float, eval_every: int, epochs: int) -> dict:
@@ -71,7 +63,7 @@ def run_plain(data: str, max_seconds: float, eval_every: int, epochs: int) -> di
             points.append((float(record["seconds"]), float(record["val_acc"])))
             print(f"plain: {record}", flush=True)
     process.stdout.close()
-    peak = _wait_peak(process, command)
+    peak = wait_peak(process, command)
     return {"wall": time.perf_counter() - start, "peak_mib": peak, "points": points, "command": " ".join(command)}
 
 

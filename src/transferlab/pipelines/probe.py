@@ -29,6 +29,7 @@ from transferlab.explain.cam import target_layer
 from transferlab.features.cache import default_cache_root
 from transferlab.features.extract import (
     ENGINES,
+    ExtractionResult,
     ExtractionSettings,
     FeatureExtractor,
     default_engine,
@@ -184,7 +185,7 @@ def _probe(config: ProbeConfig, run: RunDir, inputs: _Inputs) -> RunResult:
         groups["test"] = data.test_scan.samples
     cache_root = None if config.cache_dir == "" else (config.cache_dir or default_cache_root())
     extracted = _extract_groups(backbone, groups, settings, cache_root, config.progress)
-    settings = inputs.settings = extracted.settings  # what ran: the engine "auto" chose, its precision
+    settings = inputs.settings = extracted.settings or settings  # what ran: the engine "auto" chose, its precision
     timer.lap("extract")
     features, labels, paths = extracted.features, extracted.labels, extracted.paths
     if len(set(labels["train"].tolist())) < 2:
@@ -248,16 +249,30 @@ class _Extracted:
     features: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     paths: dict[str, list[Path]] = field(default_factory=dict)
-    failures: list[tuple[Path, str]] = field(default_factory=list)
-    n_extracted: int = 0
-    n_cached: int = 0
-    seconds: float = 0.0
-    settings: ExtractionSettings | None = None  # of the training features: the engine and precision that ran
+    passes: list[ExtractionResult] = field(default_factory=list)  # training features' first
     eval_precision: str = INFERENCE_PRECISION
 
     @property
+    def settings(self) -> ExtractionSettings | None:
+        """Of the training features: the engine and precision that ran."""
+        return self.passes[0].settings if self.passes else None
+
+    @property
+    def failures(self) -> list[tuple[Path, str]]:
+        return [failure for extraction in self.passes for failure in extraction.failures]
+
+    @property
+    def n_extracted(self) -> int:
+        return sum(extraction.n_extracted for extraction in self.passes)
+
+    @property
+    def n_cached(self) -> int:
+        return sum(extraction.n_cached for extraction in self.passes)
+
+    @property
     def images_per_second(self) -> float:
-        return self.n_extracted / self.seconds if self.n_extracted and self.seconds > 0 else 0.0
+        seconds = sum(extraction.seconds for extraction in self.passes)
+        return self.n_extracted / seconds if self.n_extracted and seconds > 0 else 0.0
 
 
 def _extract_groups(backbone: Backbone, groups: dict[str, list[Sample]], settings: ExtractionSettings,
@@ -279,11 +294,7 @@ def _extract_groups(backbone: Backbone, groups: dict[str, list[Sample]], setting
         out.features |= features
         out.labels |= labels
         out.paths |= paths
-        out.failures += extraction.failures
-        out.n_extracted += extraction.n_extracted
-        out.n_cached += extraction.n_cached
-        out.seconds += extraction.seconds
-        out.settings = out.settings or extraction.settings or part_settings
+        out.passes.append(extraction)
     return out
 
 
