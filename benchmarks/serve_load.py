@@ -232,11 +232,12 @@ def write_section(args, run_label: str, run: Path, meta: dict, n_images: int, re
         (f"- run: {run_label}; {meta['backbone']} at {meta['resolution']} px, layers {', '.join(meta['layers'])}, "
          f"{len(meta['classes'])} classes; the torch engine runs at the run's inference precision "
          f"({meta.get('inference_precision', meta['precision'])}), ONNX Runtime in fp32 (intra-op threads = torch's, "
-         "no spin-waiting)"),
+         "no spin-waiting), OpenVINO on the uint8 images, normalised inside the graph"),
         (f"- load: {args.clients} concurrent clients (httpx, async, keep-alive), each POSTing one of {n_images} real "
          f"images to `/predict` back to back for {args.seconds:.0f} s per round, after a 3 s warm-up; server: "
          "`serve(run, host='127.0.0.1', engine=...)` in its own process (one uvicorn worker, micro-batching up to "
-         "32 images / 2 ms); clients and server share the machine's CPUs"),
+         "32 images / 2 ms; start-up objects frozen out of the garbage collector); clients and server share the "
+         "machine's CPUs"),
         ("- engines run in alternating rounds (torch, onnx, openvino, ..., torch, ...) so that drift in the "
          "shared machine's load hits all of them"),
         ("- latency: from sending the request to the full response, successful requests only; 5xx, connection "

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from tests.test_serve import make_probe_run, one_torch_thread  # noqa: F401 (autouse fixture)
 from transferlab import openvino_rt
+from transferlab.data.transforms import normalise
 from transferlab.errors import TransferlabError
 from transferlab.inference.export import export_run
 from transferlab.serve import create_app
@@ -67,6 +69,34 @@ def test_openvino_serves_the_same_probabilities_as_torch(run_dir):
     for ours, theirs in zip(answers["torch"]["results"], answers["openvino"]["results"]):
         assert ours["top"][0]["class"] == theirs["top"][0]["class"]
         assert ours["top"][0]["p"] == pytest.approx(theirs["top"][0]["p"], abs=1e-4)
+
+
+def test_the_served_graph_normalises_uint8_images_as_the_float_graph_is_fed(run_dir):
+    """Serving feeds OpenVINO the uint8 batch; the graph's own normalisation must equal
+    data.transforms.normalise followed by the plain float graph."""
+    card = load_engine(run_dir, "onnx").card
+    data = openvino_rt.read_onnx_file(run_dir / "model" / "model.onnx")
+    plain = openvino_rt.compile_onnx(data, "fp32")
+    served = openvino_rt.compile_onnx(data, "fp32", image_input=openvino_rt.ImageInput.of(card.mean, card.std))
+    assert served.takes_uint8 and not plain.takes_uint8
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (5, 3, 64, 64), dtype=np.uint8))
+    expected = plain.run(normalise(images, card.mean, card.std).numpy())
+    assert np.abs(served.run(images.numpy()) - expected).max() <= 1e-5
+    # Not vacuous: other constants give other probabilities on these images.
+    other = openvino_rt.compile_onnx(data, "fp32", image_input=openvino_rt.ImageInput.of((0, 0, 0), (1, 1, 1)))
+    assert np.abs(other.run(images.numpy()) - expected).max() > 1e-3
+    with pytest.raises(TransferlabError, match="takes uint8 images, not float32"):
+        served.run(normalise(images, card.mean, card.std).numpy())
+
+
+def test_the_export_check_measures_the_graph_serving_compiles(run_dir, tmp_path, monkeypatch):
+    """A served graph that normalised wrongly would fail the fp32 check at export."""
+    copy = copy_run(run_dir, tmp_path)
+    wrong = openvino_rt.ImageInput.of((0, 0, 0), (1, 1, 1))
+    monkeypatch.setattr("transferlab.inference.openvino_check.ImageInput.of", lambda mean, std: wrong)
+    export_run(copy, "onnx")
+    fp32 = export_record(copy)["openvino"]["fp32"]
+    assert fp32["passed"] is False and fp32["max_abs_diff"] > fp32["tolerance"]
 
 
 def test_bf16_engine_follows_the_export_check(run_dir, tmp_path):

@@ -73,7 +73,7 @@ def model_fingerprint(run_path: str | Path) -> str:
 
 
 def _real_images(run: RunDir, card: ModelCard) -> torch.Tensor | None:
-    """A few of the run's own images (one per true class first), if they are still on disk."""
+    """A few of the run's own images as uint8 (one per true class first), if they are still on disk."""
     table = run.path / "predictions.csv"
     if not table.is_file():
         return None
@@ -98,19 +98,19 @@ def _real_images(run: RunDir, card: ModelCard) -> torch.Tensor | None:
             images.append(preprocess(path, card.resolution, card.interpolation))
         except ImageDecodeError:
             continue
-    if not images:
-        return None
-    return normalise(torch.stack(images), card.mean, card.std)
+    return torch.stack(images) if images else None
 
 
-def _sample_inputs(run: RunDir, card: ModelCard) -> tuple[list[torch.Tensor], int]:
+def _sample_inputs(run: RunDir, card: ModelCard) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Normalised float batches for the parity check (random ones, then the real images), and
+    the real images as uint8 (what serving's OpenVINO graph takes), None when none are on disk."""
     resolution = card.resolution
     generator = torch.Generator().manual_seed(SEED)
     samples = [torch.randn(n, 3, resolution, resolution, generator=generator) for n in RANDOM_BATCHES]
     real = _real_images(run, card)
     if real is not None:
-        samples.append(real)
-    return samples, 0 if real is None else len(real)
+        samples.append(normalise(real, card.mean, card.std))
+    return samples, real
 
 
 def _export_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> str:
@@ -203,7 +203,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         loaded.network.drop_member_tta()  # an ensemble: --tta replaces each member's own mode
     network = WithSoftmax(loaded.network, mode).eval()
     resolution = loaded.card.resolution
-    samples, n_real = _sample_inputs(run, loaded.card)
+    samples, real = _sample_inputs(run, loaded.card)
     target = Path(out) if out is not None else run.model_dir / FORMATS[fmt]
     export, load = _exporter(fmt)
     started = time.perf_counter()
@@ -219,11 +219,11 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         "tta": mode,
         "max_abs_diff": diff,
         "tolerance": tolerance,
-        "samples": {"random": sum(RANDOM_BATCHES), "images": n_real},
+        "samples": {"random": sum(RANDOM_BATCHES), "images": 0 if real is None else len(real)},
         "seconds": round(time.perf_counter() - started, 2),
     }
     if fmt == "onnx":
-        measured = openvino_check(target, run, loaded.card, network, samples, tolerance)
+        measured = openvino_check(target, run, loaded.card, network, samples, real, tolerance)
         if measured is not None:
             check["openvino"] = measured  # what `serve --engine openvino|openvino-bf16` checks for
     _record(run, fmt, target, check, loaded)

@@ -20,7 +20,7 @@ from transferlab.errors import TransferlabError
 from transferlab.inference.ensemble_network import check_ensemble
 from transferlab.inference.export import INPUT_NAME, OUTPUT_NAME, model_fingerprint
 from transferlab.inference.predict import load_predictor
-from transferlab.openvino_rt import available, compile_onnx, read_onnx_file
+from transferlab.openvino_rt import ImageInput, available, compile_onnx, read_onnx_file
 from transferlab.options import tta_mode
 from transferlab.runs import load_complete_run, open_run, read_json_object
 
@@ -128,7 +128,7 @@ class ExportedEngine:
         self.model_file = onnx_model_path(path, tta)
         self.record = read_export_record(path / "model").get("onnx", {})
         self.tta = exported_tta(self.record)
-        card = model_card(path)
+        self.card = card = model_card(path)
         self.fingerprint = model_fingerprint(path)
         self.model_id = model_id(path, self.fingerprint)
         self.classes = list(card.classes)
@@ -189,7 +189,9 @@ def openvino_record(run_path: str | Path, precision: str) -> dict:
 
 
 class OpenVinoEngine(ExportedEngine):
-    """OpenVINO on model/model.onnx: fp32, or bf16 where the export's accuracy check allowed it."""
+    """OpenVINO on model/model.onnx: fp32, or bf16 where the export's accuracy check allowed it.
+    The graph takes the uint8 batch and normalises it itself (openvino_rt.ImageInput), as the
+    export's OpenVINO check measured it (inference/openvino_check.py)."""
 
     def __init__(self, run_path: str | Path, precision: str = "fp32", threads: int | None = None,
                  tta: str | None = None):
@@ -197,9 +199,12 @@ class OpenVinoEngine(ExportedEngine):
         self.engine = "openvino" if precision == "fp32" else f"openvino-{precision}"
         self.check = openvino_record(run_path, precision)
         graph = compile_onnx(read_onnx_file(self.model_file), precision, threads or torch.get_num_threads(),
-                             where=str(self.model_file))
+                             where=str(self.model_file), image_input=ImageInput.of(self.card.mean, self.card.std))
         self.precision = graph.precision
-        self._run = graph.run
+        self._graph_run = graph.run
+
+    def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
+        return self._graph_run(batch)
 
 
 # Engine name -> (factory, what it needs from the export). One place to add an engine.
