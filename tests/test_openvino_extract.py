@@ -24,7 +24,7 @@ from transferlab.features.extract import (
     extract_features,
     make_extractor,
 )
-from transferlab.features.openvino_extract import OpenVINOExtractor
+from transferlab.features.openvino_extract import OpenVINOExtractor, export_onnx_bytes
 from transferlab.insight.transferability import rank_backbones
 from transferlab.pipelines.probe import ProbeConfig, run_probe
 from transferlab.safe_yaml import read_yaml_file
@@ -90,6 +90,48 @@ def test_bf16_key_names_the_precision_openvino_ran():
     # bf16 where the CPU has it, else OpenVINO runs f32 and says so: the key follows what ran.
     assert ov.cache_key()["precision"] == ov.settings.precision
     assert ov.settings.precision in ("bf16", "fp32")
+
+
+@needs_openvino
+def test_the_precision_told_without_compiling_is_the_one_compiled():
+    network = FeatureExtractor(create_backbone("test_resnet", "random"), settings("torch")).network
+    data = export_onnx_bytes(network, RES, "test_resnet")
+    for precision in ("fp32", "bf16"):
+        assert openvino_rt.precision_on_this_cpu(precision) == openvino_rt.compile_onnx(data, precision).precision
+
+
+@needs_openvino
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_fully_cached_extraction_compiles_no_graph(tmp_path, monkeypatch, precision):
+    backbone = create_backbone("test_resnet", "random")
+    paths = sorted(make_image_folder(tmp_path / "data", per_class=2).rglob("*.*"))
+    cache = tmp_path / "cache"
+    cold = extract_features(backbone, paths[:-1], settings("openvino", precision), cache, progress=False)
+    compiled = []
+    real = openvino_rt.compile_onnx
+    monkeypatch.setattr(openvino_rt, "compile_onnx", lambda *a, **k: compiled.append(1) or real(*a, **k))
+    warm = extract_features(backbone, paths[:-1], settings("auto", precision), cache, progress=False)
+    assert compiled == [] and (warm.n_cached, warm.n_extracted) == (len(paths) - 1, 0)
+    assert warm.settings == cold.settings and warm.cache_dir == cold.cache_dir
+    np.testing.assert_array_equal(warm.features, cold.features)
+    # One image missing: the graph is built and only that image extracted, into the same entry.
+    more = extract_features(backbone, paths, settings("openvino", precision), cache, progress=False)
+    assert compiled == [1] and (more.n_cached, more.n_extracted) == (len(paths) - 1, 1)
+    assert more.cache_dir == cold.cache_dir and more.settings == cold.settings
+
+
+@needs_openvino
+def test_a_failed_compile_still_extracts_in_torch_under_torch_s_name(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(openvino_rt, "compile_onnx", refuse)
+    backbone = create_backbone("test_resnet", "random")
+    paths = sorted(make_image_folder(tmp_path / "data", per_class=2).rglob("*.*"))
+    got = extract_features(backbone, paths, settings("auto"), tmp_path / "cache", progress=False)
+    expected = extract_features(backbone, paths, settings("torch"), tmp_path / "cache", progress=False)
+    assert got.settings.engine == "torch" and got.n_extracted == len(paths)
+    assert expected.n_cached == len(paths) and expected.cache_dir == got.cache_dir
 
 
 def test_auto_falls_back_to_torch_with_one_log_line(monkeypatch, caplog):

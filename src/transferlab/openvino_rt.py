@@ -109,6 +109,17 @@ def check_onnx_bytes(data: bytes, where: str) -> None:
                     raise TransferlabError(f"{where}: node '{node.name[:80]}' keeps its data in another file")
 
 
+def precision_on_this_cpu(precision: str) -> str:
+    """The precision `compile_onnx(..., precision)` will really run, told without compiling:
+    bf16 only where the CPU plugin lists BF16 among its capabilities (tested to agree)."""
+    if precision not in PRECISION_HINTS:
+        raise TransferlabError(f"unknown precision '{precision}': choose from {', '.join(PRECISION_HINTS)}")
+    if precision == "fp32":
+        return "fp32"
+    capabilities = _require().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in capabilities else "fp32"
+
+
 @dataclass(frozen=True)
 class ImageInput:
     """Feed uint8 (B, 3, R, R) images; the graph computes (x - mean) / std in 0-255 units, the

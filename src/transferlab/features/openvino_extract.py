@@ -51,6 +51,13 @@ def export_onnx_bytes(network: torch.nn.Module, resolution: int, where: str) -> 
     return buffer.getvalue()
 
 
+def openvino_identity(torch_extractor, precision: str) -> tuple:
+    """(settings, cache key) of the OpenVINO extractor built on `torch_extractor` whose graph runs
+    at `precision`: what names its features in the cache."""
+    settings = replace(torch_extractor.settings, engine=ENGINE, precision=precision)
+    return settings, torch_extractor.cache_key() | {"precision": precision, "engine": ENGINE}
+
+
 class OpenVINOExtractor:
     """FeatureExtractor's surface (settings, name, interpolation, cache_key, calls) on a compiled graph.
 
@@ -61,8 +68,7 @@ class OpenVINOExtractor:
 
     def __init__(self, torch_extractor, graph: openvino_rt.CompiledGraph):
         self.backbone = torch_extractor.backbone
-        self.settings = replace(torch_extractor.settings, engine=ENGINE, precision=graph.precision)
-        self._key = torch_extractor.cache_key() | {"precision": graph.precision, "engine": ENGINE}
+        self.settings, self._key = openvino_identity(torch_extractor, graph.precision)
         self._graph = graph
 
     @property
