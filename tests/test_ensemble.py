@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import make_image_folder
+from transferlab import openvino_rt
 from transferlab.data.transforms import preprocess
 from transferlab.errors import TransferlabError
 from transferlab.explain.run import member_explainers
@@ -137,6 +138,19 @@ def test_predict_serve_and_onnx_export_agree(mean_run):
     batch = torch.stack([preprocess(r["path"], 64, torch_engine.interpolation) for r in rows[:4]]).numpy()
     np.testing.assert_allclose(onnx_engine.predict_uint8(batch), torch_engine.predict_uint8(batch), atol=1e-4)
     assert onnx_engine.classes == torch_engine.classes == load_predictor(mean_run).classes
+
+
+@pytest.mark.skipif(not openvino_rt.available(), reason="OpenVINO is not installed")
+def test_openvino_compiles_and_serves_a_resizing_ensemble(mean_run):
+    """Members at other resolutions resize inside the graph (MatMul); OpenVINO 2026.4 refused
+    that graph while the normalisation after it was a Sub and a Div."""
+    export_run(mean_run, "onnx")
+    record = json.loads((mean_run / "model" / "export.json").read_text())["onnx"]["openvino"]
+    assert record["fp32"]["passed"] is True, record["fp32"]
+    torch_engine = load_engine(mean_run, "torch")
+    batch = torch.stack([preprocess(r["path"], 64, torch_engine.interpolation) for r in _rows(mean_run)[:4]]).numpy()
+    np.testing.assert_allclose(load_engine(mean_run, "openvino").predict_uint8(batch),
+                               torch_engine.predict_uint8(batch), atol=1e-4)
 
 
 def test_the_fingerprint_covers_the_members(mean_run, tmp_path):

@@ -92,14 +92,19 @@ class MemberBranch(nn.Module):
         resize = card.resolution != input_resolution
         self.register_buffer("resize", resize_matrix(input_resolution, card.resolution, card.interpolation)
                              if resize else torch.zeros(0), persistent=False)
-        self.register_buffer("mean", torch.tensor(card.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(card.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        # (x - mean) / std as a depthwise 1x1 convolution. As Sub and Div after the resize's
+        # MatMul, OpenVINO's CPU plugin fused them into the MatMul as post-ops along the wrong
+        # axis and refused to compile any resizing ensemble (2026.4: "any_of(scale.size(), OC, 1U)").
+        mean = torch.tensor(card.mean, dtype=torch.float32)
+        std = torch.tensor(card.std, dtype=torch.float32)
+        self.register_buffer("scale", (1.0 / std).view(3, 1, 1, 1), persistent=False)
+        self.register_buffer("shift", -mean / std, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resize.numel():
             # Clamped as a uint8 image would be: bicubic overshoots at edges.
             x = torch.matmul(torch.matmul(self.resize, x), self.resize.T).clamp(0.0, 1.0)
-        x = (x - self.mean) / self.std
+        x = F.conv2d(x, self.scale, self.shift, groups=3)
         return average_probabilities(self.probabilities, x, self.tta)
 
 
