@@ -18,6 +18,7 @@ that was 160-170 against 150-165 requests/s in alternating runs (benchmarks/serv
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,15 @@ def _require():
         return _import_runtime()
     except ImportError:
         raise TransferlabError("OpenVINO is not installed: `pip install openvino`, or use --engine torch") from None
+
+
+@functools.cache
+def _core():
+    """The process's one OpenVINO Core. A Core per compile crashed processes that created and
+    queried many of them (a segfault in this test suite; ultralytics/ultralytics#25864 saw the
+    same after ~20 model loads); OpenVINO means one Core per application, and its methods are
+    thread-safe."""
+    return _require().Core()
 
 
 def read_onnx_file(path: Path) -> bytes:
@@ -116,7 +126,7 @@ def precision_on_this_cpu(precision: str) -> str:
         raise TransferlabError(f"unknown precision '{precision}': choose from {', '.join(PRECISION_HINTS)}")
     if precision == "fp32":
         return "fp32"
-    capabilities = _require().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    capabilities = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return "bf16" if "BF16" in capabilities else "fp32"
 
 
@@ -166,7 +176,7 @@ def compile_onnx(data: bytes, precision: str = "fp32", threads: int = 1, where: 
         raise TransferlabError(f"unknown precision '{precision}': choose from {', '.join(PRECISION_HINTS)}")
     check_onnx_bytes(data, where)
     ov = _require()
-    core = ov.Core()
+    core = _core()
     config = {
         "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
         "INFERENCE_NUM_THREADS": max(1, int(threads)),
