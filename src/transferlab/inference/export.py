@@ -101,16 +101,20 @@ def _real_images(run: RunDir, card: ModelCard) -> torch.Tensor | None:
     return torch.stack(images) if images else None
 
 
-def _sample_inputs(run: RunDir, card: ModelCard) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """Normalised float batches for the parity check (random ones, then the real images), and
-    the real images as uint8 (what serving's OpenVINO graph takes), None when none are on disk."""
+def _sample_inputs(run: RunDir, card: ModelCard) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """The parity check's inputs twice over: as the exported graph takes them (random normalised
+    floats, then the run's own images normalised) and as serving's OpenVINO graph takes them
+    (random uint8 images, then the run's own); and how many of the run's own images there are."""
     resolution = card.resolution
     generator = torch.Generator().manual_seed(SEED)
     samples = [torch.randn(n, 3, resolution, resolution, generator=generator) for n in RANDOM_BATCHES]
+    images = [torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8, generator=generator)
+              for n in RANDOM_BATCHES]
     real = _real_images(run, card)
     if real is not None:
         samples.append(normalise(real, card.mean, card.std))
-    return samples, real
+        images.append(real)
+    return samples, images, 0 if real is None else len(real)
 
 
 def _export_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> str:
@@ -203,7 +207,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         loaded.network.drop_member_tta()  # an ensemble: --tta replaces each member's own mode
     network = WithSoftmax(loaded.network, mode).eval()
     resolution = loaded.card.resolution
-    samples, real = _sample_inputs(run, loaded.card)
+    samples, images, n_real = _sample_inputs(run, loaded.card)
     target = Path(out) if out is not None else run.model_dir / FORMATS[fmt]
     export, load = _exporter(fmt)
     started = time.perf_counter()
@@ -219,11 +223,11 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         "tta": mode,
         "max_abs_diff": diff,
         "tolerance": tolerance,
-        "samples": {"random": sum(RANDOM_BATCHES), "images": 0 if real is None else len(real)},
+        "samples": {"random": sum(RANDOM_BATCHES), "images": n_real},
         "seconds": round(time.perf_counter() - started, 2),
     }
     if fmt == "onnx":
-        measured = openvino_check(target, run, loaded.card, network, samples, real, tolerance)
+        measured = openvino_check(target, run, loaded.card, network, images, tolerance)
         if measured is not None:
             check["openvino"] = measured  # what `serve --engine openvino|openvino-bf16` checks for
     _record(run, fmt, target, check, loaded)

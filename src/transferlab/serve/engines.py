@@ -118,8 +118,8 @@ def onnx_model_path(run_path: str | Path, tta: str | None = None) -> Path:
 
 
 class ExportedEngine:
-    """An engine on model/model.onnx (written by `export_run`): the card's labels and sizes, and
-    normalisation in numpy with the same arithmetic as data.transforms.normalise."""
+    """An engine on model/model.onnx (written by `export_run`): the card's labels and sizes; each
+    subclass feeds its runtime the uint8 batch its own way."""
 
     engine = "exported"
 
@@ -134,14 +134,8 @@ class ExportedEngine:
         self.classes = list(card.classes)
         self.resolution = card.resolution
         self.interpolation = card.interpolation
-        # float32 (x - 255*mean) / (255*std), as data.transforms.normalise computes it.
-        self._mean = (np.asarray(card.mean, dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
-        self._std = (np.asarray(card.std, dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
 
     def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
-        return self._run((batch.astype(np.float32) - self._mean) / self._std)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -164,8 +158,12 @@ class OnnxEngine(ExportedEngine):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         data = read_onnx_file(self.model_file)  # bounded, self-contained: no weights from other files
         self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        # float32 (x - 255*mean) / (255*std), as data.transforms.normalise computes it.
+        self._mean = (np.asarray(self.card.mean, dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
+        self._std = (np.asarray(self.card.std, dtype=np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
+        x = (batch.astype(np.float32) - self._mean) / self._std
         return self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float32, copy=False)
 
 
@@ -201,10 +199,10 @@ class OpenVinoEngine(ExportedEngine):
         graph = compile_onnx(read_onnx_file(self.model_file), precision, threads or torch.get_num_threads(),
                              where=str(self.model_file), image_input=ImageInput.of(self.card.mean, self.card.std))
         self.precision = graph.precision
-        self._graph_run = graph.run
+        self._graph = graph
 
     def predict_uint8(self, batch: np.ndarray) -> np.ndarray:
-        return self._graph_run(batch)
+        return self._graph.run(batch)
 
 
 # Engine name -> (factory, what it needs from the export). One place to add an engine.
