@@ -52,15 +52,17 @@ def test_a_roomy_budget_runs_the_whole_plan(full, data):
     prediction = predictor.predict_paths([next(data.rglob("*.png"))])[0]
     assert prediction.error is None and prediction.top[0][0] in predictor.classes
     assert {p.name for p in (out / "runs").iterdir()} >= {"probe-test_resnet", "probe-test_efficientnet"}
-    # Both probed backbones fine-tuned, and between them the first again at 1.25x the recipe's
-    # 48 px (in multiples of 32).
+    # Both probed backbones fine-tuned; between them the first again at 1.25x the recipe's 48 px
+    # (in multiples of 32), and the second at whichever of the two did better.
     finetunes = [s for s in result.steps if s.kind == "finetune"]
-    assert [s.resolution for s in finetunes] == [None, 64, None]
-    assert finetunes[1].backbone == finetunes[0].backbone and finetunes[1].run.name.endswith("-64px")
-    assert {finetunes[0].backbone, finetunes[2].backbone} == set(BACKBONES)
-    higher = finetunes[1:2]
-    assert json.loads((higher[0].run / "model" / "model.json").read_text())["resolution"] == 64
-    assert f"**{higher[0].label}**: run" in plan and "| + resolution | 0." in plan
+    first, higher, second = finetunes
+    assert (first.resolution, higher.resolution) == (None, 64) and first.backbone == higher.backbone
+    assert higher.run.name.endswith("-64px") and (first.cost, higher.cost) == (1.0, (64 / 48) ** 2)
+    assert {first.backbone, second.backbone} == set(BACKBONES)
+    assert second.resolution == (64 if higher.val_accuracy > first.val_accuracy else None)
+    assert json.loads((higher.run / "model" / "model.json").read_text())["resolution"] == 64
+    assert f"**{higher.label}**: run" in plan and "| + resolution | 0." in plan
+    assert "**speeds**: note" in plan  # relative speeds re-read from the probes' extraction
 
 
 def test_the_same_command_again_reuses_every_finished_run(full, data):
@@ -99,6 +101,48 @@ def test_a_fine_tune_that_does_not_fit_leaves_the_next_backbone_its_turn(data, t
     assert f"**fine-tune {asked[0]}**: skip: does not fit" in plan
     ran = [s for s in result.steps if s.kind == "finetune"]
     assert ran and {s.backbone for s in ran} == set(BACKBONES) - {asked[0]}
+
+
+def test_the_second_backbone_falls_back_to_the_probes_resolution(data, tmp_path, monkeypatch):
+    """When the higher resolution won for the first backbone but does not fit for the second,
+    the second is fine-tuned at the probe's resolution instead of not at all."""
+    from transferlab.pipelines import auto as auto_module
+
+    original_ensemble, original_step = auto_plan.Throughput.ensemble, auto_module.finetune_step
+    calls: list[int | None] = []
+
+    def reserve(self, backbones, costs=None):  # the second backbone's higher resolution never fits
+        return 1e9 if costs and costs[0] > 1 and len(calls) >= 2 else original_ensemble(self, backbones, costs)
+
+    def finetune_step(context, throughput, backbone, reserve, resolution=None, cost_factor=1.0):
+        calls.append(resolution)
+        step = original_step(context, throughput, backbone, reserve, resolution=resolution, cost_factor=cost_factor)
+        if step is not None and resolution is not None:
+            step.val_accuracy = 1.0  # the higher resolution "won"
+        return step
+
+    monkeypatch.setattr(auto_plan.Throughput, "ensemble", reserve)
+    monkeypatch.setattr(auto_module, "finetune_step", finetune_step)
+    result = run_auto(_config(data, tmp_path / "auto", max_finetunes=2))
+    plan = (tmp_path / "auto" / "plan.md").read_text(encoding="utf-8")
+    finetunes = [s for s in result.steps if s.kind == "finetune"]
+    assert calls == [None, 64, 64, None]
+    assert [s.resolution for s in finetunes] == [None, 64, None]
+    assert f"**fine-tune {finetunes[2].backbone} at 64 px**: skip: does not fit" in plan
+    assert json.loads((finetunes[2].run / "model" / "model.json").read_text())["resolution"] == 48
+
+
+def test_relative_speeds_come_from_the_probes_at_the_rankings_level():
+    from transferlab.pipelines.auto_plan import Throughput
+
+    ranked = Throughput({"a": 0.010, "b": 0.030, "c": 0.5}, images=100, val_images=20)
+    adjusted = ranked.relative_to({"a": 40.0, "b": 40.0, "x": 9.0})  # c unprobed, x unranked
+    assert adjusted.seconds_per_image == pytest.approx({"a": 0.020, "b": 0.020, "c": 0.5})
+    assert ranked.relative_to({"a": 40.0}) is ranked  # one backbone: nothing relative to learn
+    assert ranked.ensemble(["a", "b"], [2.0, 1.0]) == pytest.approx(
+        auto_plan.FIXED_SECONDS + auto_plan.ENSEMBLE_VAL_PASSES * 0.05 * 20)
+    with pytest.raises(ValueError):
+        ranked.ensemble(["a", "b"], [1.0])
 
 
 def test_a_budget_too_short_for_one_probe_is_one_line(data, tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ AUTO_HELP = """Find the best classifier this machine can train on DATA within --
 Measures this machine first (feature extraction of a subsample with each packaged backbone,
 which also ranks them by LogME), then, each step only when its estimate fits what is left:
 probes the backbones best-ranked first, fine-tunes the best one or two with the fast
-cached-prefix recipe, tries flip test-time augmentation, and ensembles the runs (greedy
+cached-prefix recipe (the best one again at 1.25x the resolution, the second at whichever
+did better), tries flip test-time augmentation, and ensembles the runs (greedy
 selection on validation, scored out of fold) when that beats the best single run.
 
 Every step is an ordinary run folder under OUT/runs/. OUT/plan.md logs each decision with

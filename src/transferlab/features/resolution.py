@@ -47,7 +47,11 @@ def resolve_resolution(requested: int | str | None, paths: list[Path], native_si
 
 def choose_resolution(paths: list[Path], native_size: int) -> tuple[int, str]:
     """Return (resolution, reason) for images at `paths` on a backbone of `native_size`."""
-    short = typical_short_side(paths)
+    return resolution_for(typical_short_side(paths), native_size)
+
+
+def resolution_for(short: int | None, native_size: int) -> tuple[int, str]:
+    """(resolution, reason) for images of median shorter side `short` (None: unknown)."""
     if short is None:
         return native_size, f"native {native_size}px (image sizes unknown)"
     if short >= native_size:

@@ -7,7 +7,8 @@ The plan, each step only when its estimate (from throughput measured here, see
    machine) and order the backbones by LogME;
 2. probe the backbones in that order;
 3. fine-tune the best one or two probed backbones with the fast cached-prefix recipe, and the
-   best one again at a higher resolution (RESOLUTION_STEP) between the two;
+   best one again at a higher resolution (RESOLUTION_STEP) between the two; the second at
+   whichever resolution did better;
 4. test-time augmentation: flip on the best single run, kept when validation accuracy rises;
 5. ensemble (greedy selection, cross-validated on validation) of every finished run, kept when its
    out-of-fold validation accuracy beats the best single run.
@@ -39,10 +40,12 @@ from transferlab.finetune.recipe import Recipe, recipe_from_saved
 from transferlab.options import MAX_RESOLUTION, check_file, check_folder
 from transferlab.pipelines.auto_plan import Budget, PlanLog, Throughput, seconds_text
 from transferlab.pipelines.auto_steps import (
+    ENSEMBLE_FEWEST,
     AutoContext,
     StepResult,
     ensemble_step,
     finetune_step,
+    probe_speeds,
     probe_step,
     rank_step,
     tta_step,
@@ -129,7 +132,8 @@ def _plan(context: AutoContext, state: dict) -> AutoResult:
     probes = sorted(steps, key=lambda s: s.val_accuracy, reverse=True)
     log.ablation.append(["probe only (best of the probes)", f"{probes[0].val_accuracy:.4f}",
                          f"{probes[0].val_macro_f1:.4f}", probes[0].label])
-    finetunes = _finetunes(context, throughput, [p.backbone for p in probes])
+    throughput = probe_speeds(context, throughput, probes)
+    finetunes = _finetunes(context, throughput, probes)
     steps += finetunes
     best = max(steps, key=lambda s: s.val_accuracy)
     _ablation_finetunes(log, finetunes)
@@ -152,10 +156,9 @@ def _ablation_finetunes(log: PlanLog, finetunes: list[StepResult]) -> None:
     if plain:
         top = max(plain, key=lambda s: s.val_accuracy)
         log.ablation.append(["+ fine-tune", f"{top.val_accuracy:.4f}", f"{top.val_macro_f1:.4f}", top.label])
-    higher = [f for f in finetunes if f.resolution is not None]
-    if higher:
-        step = higher[0]
-        base = next(f for f in plain if f.backbone == step.backbone)
+    pairs = [(f, b) for f in finetunes if f.resolution is not None for b in plain if b.backbone == f.backbone]
+    if pairs:
+        step, base = pairs[0]
         verdict = "better" if step.val_accuracy > base.val_accuracy else "not better"
         log.ablation.append(["+ resolution", f"{step.val_accuracy:.4f}", f"{step.val_macro_f1:.4f}",
                              f"{step.label}: {verdict} than {base.label} ({base.val_accuracy:.4f}); "
@@ -164,41 +167,51 @@ def _ablation_finetunes(log: PlanLog, finetunes: list[StepResult]) -> None:
         log.ablation.append(["+ resolution", "-", "-", "not run: see the decisions"])
 
 
-def _finetunes(context: AutoContext, throughput: Throughput, ranked: list[str]) -> list[StepResult]:
-    """The best probed backbone, then the same at a higher resolution, then the next backbones;
-    each only while it fits with room kept for scoring an ensemble of what is there by then.
+def _finetunes(context: AutoContext, throughput: Throughput, probes: list[StepResult]) -> list[StepResult]:
+    """The best probed backbone at the probe's resolution, then again at the higher resolution
+    (RESOLUTION_STEP), then the next backbone at whichever of the two did better (falling back to
+    the probe's when the higher does not fit); each only while it fits with room kept for the
+    smallest ensemble it would join. A step that does not fit does not end the list: a smaller
+    backbone's may still fit.
 
-    The higher resolution comes before a second backbone: on heritage (20 minutes) that order
-    reached 0.9674 and 0.9664, the other 0.9650 (BENCHMARKS.md, auto_heritage-20m and -order),
-    all within the noise of 2,026 validation images. A step that does not fit does not end
-    the list: a smaller backbone's may still fit."""
+    The second backbone follows the first's resolution: on heritage (64 px images, 128 px from
+    their size) lite1 reached 0.9684 at 160 px against 0.9590 at 128, and lite2 0.9640 at 160
+    against 0.9585 at 128 (0.9620 and 0.9585 in an earlier auto run)."""
     done: list[StepResult] = []
-    for backbone in ranked[: context.config.max_finetunes]:
-        reserve = throughput.ensemble(ranked + [s.backbone for s in done] + [backbone])
-        step = finetune_step(context, throughput, backbone, reserve)
+    prefer_higher = False
+    for probe in probes[: context.config.max_finetunes]:
+        first = not done
+        step = _finetune(context, throughput, probe.backbone, probes, done, higher=prefer_higher, fallback=True)
         if step is None:
             continue
         done.append(step)
-        if len(done) == 1:
-            higher = _higher_resolution_step(context, throughput, step, ranked + [step.backbone])
+        if first:
+            higher = _finetune(context, throughput, probe.backbone, probes, done, higher=True, fallback=False)
             done += [higher] if higher is not None else []
+            prefer_higher = higher is not None and higher.val_accuracy > step.val_accuracy
     return done
 
 
-def _higher_resolution_step(context: AutoContext, throughput: Throughput, first: StepResult,
-                            members: list[str]) -> StepResult | None:
-    """The first fine-tune again at RESOLUTION_STEP times its resolution: probes on heritage gained
-    0.6 points at 160 px over 128 and 1.1 at 224 (BENCHMARKS.md, probe_heritage), at the cost
-    of the pixel ratio. `members`: the backbones of the runs an ensemble would score by then."""
-    base = int(read_json_object(first.run / "model" / "model.json", "model card")["resolution"])
-    target = higher_resolution(base, native_size(first.backbone), context.short_side)
-    if target is None:
-        context.log.add("resolution", "skip", f"{base} px is already as large as the backbone's native size and "
-                        "the images' own")
-        return None
-    reserve = throughput.ensemble(members + [first.backbone])
-    return finetune_step(context, throughput, first.backbone, reserve, resolution=target,
-                         cost_factor=(target / base) ** 2)
+def _finetune(context: AutoContext, throughput: Throughput, backbone: str, probes: list[StepResult],
+              done: list[StepResult], higher: bool, fallback: bool) -> StepResult | None:
+    """`backbone` fine-tuned at the higher resolution (`higher`; its estimate scaled by the pixel
+    ratio) or at the probe's; with `fallback`, at the probe's when the higher does not fit."""
+    base = context.base_resolution(backbone)
+    target = higher_resolution(base, native_size(backbone), context.short_side) if higher else None
+    if higher and target is None:
+        context.log.add(f"resolution for {backbone}", "skip", f"{base} px is already as large as the backbone's "
+                        "native size and the images' own")
+    options = ([(target, (target / base) ** 2)] if target is not None else [])
+    options += [(None, 1.0)] if fallback or not higher else []
+    for resolution, cost in options:
+        # The smallest ensemble this run would join: itself, the fine-tunes before it, the best probes.
+        members = ([(backbone, cost)] + [(s.backbone, s.cost) for s in done]
+                   + [(p.backbone, p.cost) for p in probes])[:ENSEMBLE_FEWEST]
+        reserve = throughput.ensemble([b for b, _ in members], [c for _, c in members])
+        step = finetune_step(context, throughput, backbone, reserve, resolution=resolution, cost_factor=cost)
+        if step is not None:
+            return step
+    return None
 
 
 def higher_resolution(base: int, native: int, short_side: int | None) -> int | None:

@@ -85,13 +85,28 @@ class Throughput:
     def finetune(self, backbone: str) -> float:
         return FIXED_SECONDS + FINETUNE_PASSES * self.seconds_per_image[backbone] * self.images
 
-    def views(self, backbone: str, views: int) -> float:
-        """Predicting the validation images again, `views` passes each (test-time augmentation)."""
-        return FIXED_SECONDS + views * self.seconds_per_image[backbone] * self.val_images
+    def views(self, backbone: str, views: int, cost: float = 1.0) -> float:
+        """Predicting the validation images again, `views` passes each (test-time augmentation);
+        `cost`: the run's pixel ratio to the ranking's resolution."""
+        return FIXED_SECONDS + views * cost * self.seconds_per_image[backbone] * self.val_images
 
-    def ensemble(self, backbones: list[str]) -> float:
-        per_image = sum(self.seconds_per_image[b] for b in backbones)
+    def ensemble(self, backbones: list[str], costs: list[float] | None = None) -> float:
+        """Scoring the validation images with every member; `costs`: each member's pixel ratio."""
+        costs = [1.0] * len(backbones) if costs is None else costs
+        per_image = sum(c * self.seconds_per_image[b] for b, c in zip(backbones, costs, strict=True))
         return FIXED_SECONDS + ENSEMBLE_VAL_PASSES * per_image * self.val_images
+
+    def relative_to(self, seconds: dict[str, float]) -> Throughput:
+        """The backbones' speeds relative to one another as `seconds` (the same work per backbone:
+        each probe's extraction of every image) says, at the ranking's mean level. The ranking
+        times a few batches per backbone, start-up included: on heritage it had lite2 22% slower
+        than lite1, the probes' full extractions 5% (and lite2's fine-tune at 160 px was no slower)."""
+        common = [b for b in self.seconds_per_image if seconds.get(b, 0) > 0]
+        if len(common) < 2:
+            return self
+        level = sum(self.seconds_per_image[b] for b in common) / sum(seconds[b] for b in common)
+        per_image = dict(self.seconds_per_image) | {b: seconds[b] * level for b in common}
+        return Throughput(per_image, self.images, self.val_images)
 
 
 @dataclass

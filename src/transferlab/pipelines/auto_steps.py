@@ -16,7 +16,8 @@ from pathlib import Path
 
 from transferlab.atomic import write_json
 from transferlab.data.layout import prepare_data
-from transferlab.features.resolution import typical_short_side
+from transferlab.backbones import native_size
+from transferlab.features.resolution import resolution_for, typical_short_side
 from transferlab.finetune.recipe import Recipe
 from transferlab.inference.predict import load_predictor
 from transferlab.insight.transferability import rank_backbones
@@ -51,6 +52,14 @@ class AutoContext:
     def cache(self) -> str:
         return str(self.out / "cache")
 
+    def base_resolution(self, backbone: str) -> int:
+        """A fine-tune's resolution unless told otherwise: the recipe's, else chosen from the images
+        as the probe and the fine-tune choose it (needs `short_side`, set by rank_step)."""
+        recipe = self.recipe_for(backbone, None)
+        if recipe.resolution:
+            return int(recipe.resolution)
+        return resolution_for(self.short_side, native_size(backbone))[0]
+
 
 @dataclass
 class StepResult:
@@ -62,7 +71,8 @@ class StepResult:
     val_macro_f1: float
     seconds: float
     tta: str = "none"
-    resolution: int | None = None  # set for the higher-resolution fine-tune only
+    resolution: int | None = None  # set for a fine-tune at the higher resolution only
+    cost: float = 1.0  # pixel ratio to the resolution the ranking timed (the higher resolution's)
 
 
 def _short(backbone: str) -> str:
@@ -105,6 +115,24 @@ def rank_step(context: AutoContext) -> tuple[Throughput, list[str]]:
     return Throughput(per_image, n_all, n_val), order
 
 
+def probe_speeds(context: AutoContext, throughput: Throughput, probes: list[StepResult]) -> Throughput:
+    """`throughput` with the backbones' relative speeds from the probes' full extractions (their
+    metrics.json timings), which later estimates (fine-tunes, ensemble scoring) then use."""
+    seconds = {}
+    for probe in probes:
+        timings = read_json_object(probe.run / "metrics.json", "run metrics").get("timings", {})
+        extract = timings.get("extract") if isinstance(timings, dict) else None
+        if isinstance(extract, (int, float)) and not isinstance(extract, bool) and extract > 0:
+            seconds[probe.backbone] = float(extract)
+    adjusted = throughput.relative_to(seconds)
+    if adjusted is not throughput:
+        context.log.add("speeds", "note", "the backbones' relative speeds from the probes' extraction of every "
+                        "image (the ranking timed a few batches each)",
+                        ", ".join(f"{b} {1 / adjusted.seconds_per_image[b]:.0f} img/s (ranking "
+                                  f"{1 / throughput.seconds_per_image[b]:.0f})" for b in seconds))
+    return adjusted
+
+
 def probe_step(context: AutoContext, throughput: Throughput, backbone: str) -> StepResult | None:
     config, budget, log = context.config, context.budget, context.log
     run = context.run_dir(f"probe-{_short(backbone)}")
@@ -141,7 +169,7 @@ def finetune_step(context: AutoContext, throughput: Throughput, backbone: str, r
     status = run_status(run)
     if status == "complete":
         step = _finished("finetune", backbone, run)
-        step.label, step.resolution = label, resolution
+        step.label, step.resolution, step.cost = label, resolution, cost_factor
         log.add(label, "reuse", "finished by the earlier invocation", f"val accuracy {step.val_accuracy:.4f}")
         return step
     estimate = throughput.finetune(backbone) * cost_factor
@@ -158,7 +186,7 @@ def finetune_step(context: AutoContext, throughput: Throughput, backbone: str, r
     measured = time.perf_counter() - started
     budget.learn("finetune", estimate, measured)
     step = _finished("finetune", backbone, run)
-    step.label, step.resolution = label, resolution
+    step.label, step.resolution, step.cost = label, resolution, cost_factor
     log.add(label, "run", ("resumed a killed run; " if resume else "") + f"fast cached-prefix recipe, estimate "
             f"{seconds_text(estimate)}, took {seconds_text(measured)}",
             f"val accuracy {step.val_accuracy:.4f}, macro F1 {step.val_macro_f1:.4f}")
@@ -175,7 +203,7 @@ def tta_step(context: AutoContext, throughput: Throughput, best: StepResult) -> 
     """Flip test-time augmentation on the best single run, scored on its validation images."""
     budget, log, label = context.budget, context.log, f"test-time augmentation (flip) on {best.label}"
     saved = context.out / "tta.json"
-    estimate = throughput.views(best.backbone, 2)
+    estimate = throughput.views(best.backbone, 2, best.cost)
     if saved.is_file():
         record = read_json_object(saved, "auto tta")
     elif not budget.fits("ensemble", estimate):
@@ -192,7 +220,7 @@ def tta_step(context: AutoContext, throughput: Throughput, best: StepResult) -> 
         record = {"run": str(best.run), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
         write_json(saved, record)
     step = StepResult(best.label + " + flip", best.kind, best.backbone, best.run, float(record["accuracy"]),
-                      float(record["macro_f1"]), best.seconds, tta="flip")
+                      float(record["macro_f1"]), best.seconds, tta="flip", cost=best.cost)
     better = step.val_accuracy > best.val_accuracy
     log.add(label, "adopt" if better else "reject", "validation accuracy " + ("rises" if better else "does not rise"),
             f"{best.val_accuracy:.4f} -> {step.val_accuracy:.4f}; chosen on the validation images it is scored on")
@@ -213,7 +241,8 @@ def _ensemble_that_fits(throughput: Throughput, budget: Budget, steps: list[Step
     if len(steps) > ENSEMBLE_FEWEST:
         options.append((best_first[:ENSEMBLE_FEWEST], False))
     for members, with_flip in options:
-        estimate = throughput.ensemble([s.backbone for s in members]) * (2 if with_flip else 1)
+        estimate = throughput.ensemble([s.backbone for s in members], [s.cost for s in members]) * (
+            2 if with_flip else 1)
         if budget.fits("ensemble", estimate):
             return members, with_flip, estimate
     return None
@@ -231,7 +260,7 @@ def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[Step
     if run_status(run) != "complete":
         chosen = _ensemble_that_fits(throughput, budget, steps, flip)
         if chosen is None:
-            estimate = throughput.ensemble([s.backbone for s in steps])
+            estimate = throughput.ensemble([s.backbone for s in steps], [s.cost for s in steps])
             log.add("ensemble", "skip", "does not fit, not even without flip or of the best few runs",
                     f"estimate {seconds_text(estimate * budget.scale('ensemble'))} without flip, "
                     f"{seconds_text(budget.left())} left")
