@@ -176,7 +176,7 @@ def _finetunes(context: AutoContext, throughput: Throughput, probes: list[StepRe
 
     The second backbone follows the first's resolution: on heritage (64 px images, 128 px from
     their size) lite1 reached 0.9684 at 160 px against 0.9590 at 128, and lite2 0.9640 at 160
-    against 0.9585 at 128 (0.9620 and 0.9585 in an earlier auto run)."""
+    against 0.9585 at 128 (BENCHMARKS.md: finetune_heritage-resolution, auto_heritage-20m-order)."""
     done: list[StepResult] = []
     prefer_higher = False
     for probe in probes[: context.config.max_finetunes]:
