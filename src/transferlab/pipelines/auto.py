@@ -195,14 +195,18 @@ def _finetunes(context: AutoContext, throughput: Throughput, probes: list[StepRe
 def _finetune(context: AutoContext, throughput: Throughput, backbone: str, probes: list[StepResult],
               done: list[StepResult], higher: bool, fallback: bool) -> StepResult | None:
     """`backbone` fine-tuned at the higher resolution (`higher`; its estimate scaled by the pixel
-    ratio) or at the probe's; with `fallback`, at the probe's when the higher does not fit."""
+    ratio), then, with `fallback`, at the probe's: the first of these that fits."""
     base = context.base_resolution(backbone)
-    target = higher_resolution(base, native_size(backbone), context.short_side) if higher else None
-    if higher and target is None:
-        context.log.add(f"resolution for {backbone}", "skip", f"{base} px is already as large as the backbone's "
-                        "native size and the images' own")
-    options = ([(target, (target / base) ** 2)] if target is not None else [])
-    options += [(None, 1.0)] if fallback or not higher else []
+    options: list[tuple[int | None, float]] = []  # (resolution, pixel ratio); None: the probe's
+    if higher:
+        target = higher_resolution(base, native_size(backbone), context.short_side)
+        if target is None:
+            context.log.add(f"resolution for {backbone}", "skip", f"{base} px is already as large as the "
+                            "backbone's native size and the images' own")
+        else:
+            options.append((target, (target / base) ** 2))
+    if fallback:
+        options.append((None, 1.0))
     for resolution, cost in options:
         # The smallest ensemble this run would join: itself, the fine-tunes before it, the best probes.
         members = ([(backbone, cost)] + [(s.backbone, s.cost) for s in done]

@@ -73,6 +73,7 @@ class StepResult:
     tta: str = "none"
     resolution: int | None = None  # set for a fine-tune at the higher resolution only
     cost: float = 1.0  # pixel ratio to the resolution the ranking timed (the higher resolution's)
+    extract_seconds: float = 0.0  # the run's feature extraction (metrics.json timings; probes only)
 
 
 def _short(backbone: str) -> str:
@@ -81,9 +82,11 @@ def _short(backbone: str) -> str:
 
 def _finished(kind: str, backbone: str, run: Path) -> StepResult:
     metrics = read_json_object(run / "metrics.json", "run metrics")
-    val = metrics.get("val", {})
+    val, timings = metrics.get("val", {}), metrics.get("timings", {})
+    extract = timings.get("extract", 0.0)
     return StepResult(f"{kind} {backbone}", kind, backbone, run, float(val["accuracy"]), float(val["macro_f1"]),
-                      float(metrics.get("timings", {}).get("total", 0.0)))
+                      float(timings.get("total", 0.0)),
+                      extract_seconds=float(extract) if isinstance(extract, (int, float)) else 0.0)
 
 
 def rank_step(context: AutoContext) -> tuple[Throughput, list[str]]:
@@ -116,14 +119,9 @@ def rank_step(context: AutoContext) -> tuple[Throughput, list[str]]:
 
 
 def probe_speeds(context: AutoContext, throughput: Throughput, probes: list[StepResult]) -> Throughput:
-    """`throughput` with the backbones' relative speeds from the probes' full extractions (their
-    metrics.json timings), which later estimates (fine-tunes, ensemble scoring) then use."""
-    seconds = {}
-    for probe in probes:
-        timings = read_json_object(probe.run / "metrics.json", "run metrics").get("timings", {})
-        extract = timings.get("extract") if isinstance(timings, dict) else None
-        if isinstance(extract, (int, float)) and not isinstance(extract, bool) and extract > 0:
-            seconds[probe.backbone] = float(extract)
+    """`throughput` with the backbones' relative speeds from the probes' full extractions, which
+    later estimates (fine-tunes, ensemble scoring) then use."""
+    seconds = {p.backbone: p.extract_seconds for p in probes if p.extract_seconds > 0}
     adjusted = throughput.relative_to(seconds)
     if adjusted is not throughput:
         context.log.add("speeds", "note", "the backbones' relative speeds from the probes' extraction of every "
