@@ -209,3 +209,23 @@ def test_the_largest_ensemble_that_fits_is_chosen():
     assert chosen(one * 1.2) == ([s.label for s in steps], False)
     assert chosen(three * 1.2) == (["run 1", "run 4", "run 2"], False)  # the best three by validation accuracy
     assert chosen(three * 0.5) is None
+
+
+def test_ensemble_estimates_count_the_engine_that_will_score(monkeypatch):
+    """OpenVINO scores an ensemble's members in fp32 3-6x faster than torch: its estimate is the
+    smaller one, and a forced torch engine (or no OpenVINO) keeps torch's."""
+    from transferlab import openvino_rt
+    from transferlab.pipelines import auto_steps
+
+    monkeypatch.setattr(openvino_rt, "available", lambda: True)
+    monkeypatch.setenv("TRANSFERLAB_ENGINE", "auto")
+    assert auto_steps._scoring_passes() == auto_plan.ENSEMBLE_COMPILED_PASSES
+    monkeypatch.setenv("TRANSFERLAB_ENGINE", "torch")
+    assert auto_steps._scoring_passes() == auto_plan.ENSEMBLE_VAL_PASSES
+    monkeypatch.setenv("TRANSFERLAB_ENGINE", "auto")
+    monkeypatch.setattr(openvino_rt, "available", lambda: False)
+    assert auto_steps._scoring_passes() == auto_plan.ENSEMBLE_VAL_PASSES
+    passes = auto_plan.ENSEMBLE_COMPILED_PASSES
+    compiled = auto_plan.Throughput({"a": 0.01}, images=100, val_images=20, ensemble_passes=passes)
+    assert compiled.relative_to({"a": 1.0, "b": 1.0}).ensemble_passes == passes
+    assert compiled.ensemble(["a"]) < auto_plan.Throughput({"a": 0.01}, images=100, val_images=20).ensemble(["a"])

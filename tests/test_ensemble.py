@@ -264,3 +264,41 @@ def test_tta_on_every_member_is_copied_into_their_cards(members, tmp_path):
     for run in members:  # the members' own folders are only read
         assert "tta" not in json.loads((run / "model" / "model.json").read_text())
     assert "flip on every member" in result.summary["test-time augmentation"]
+
+
+# --- what scores the members ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not openvino_rt.available(), reason="OpenVINO is not installed")
+def test_openvino_fp32_scores_the_members_as_torch_does(members, mean_run, tmp_path):
+    """The faster engine scores the same branches at the same precision: the same figures."""
+    fast = _ensemble(members, tmp_path / "ov", engine="openvino").run_dir
+    torch_rows, fast_rows = _rows(mean_run), _rows(fast)
+    assert [r["path"] for r in fast_rows] == [r["path"] for r in torch_rows]
+    probs = [np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
+             for rows in (torch_rows, fast_rows)]
+    np.testing.assert_allclose(probs[1], probs[0], atol=1e-4)
+    summaries = [json.loads((run / "report.json").read_text())["summary"] for run in (mean_run, fast)]
+    assert summaries[0]["scored with"].startswith("torch fp32")
+    assert summaries[1]["scored with"].startswith("openvino fp32")
+
+
+@pytest.mark.skipif(not openvino_rt.available(), reason="OpenVINO is not installed")
+def test_a_member_openvino_cannot_compile_is_scored_in_torch_or_refused(data, members, tmp_path):
+    """A random-forest probe stays scikit-learn inside its branch: auto scores it in torch, and
+    an explicit --engine openvino says which member it cannot compile, before scoring anything,
+    and the run folder says failed."""
+    forest = _probe(data, tmp_path / "forest", classifier="random_forest")
+    run = _ensemble([forest, members[1]], tmp_path / "auto", engine="auto").run_dir
+    scored = json.loads((run / "report.json").read_text())["summary"]["scored with"]
+    assert "m00: torch fp32" in scored and "m01: openvino fp32" in scored
+    with pytest.raises(TransferlabError) as info:
+        _ensemble([forest, members[1]], tmp_path / "ov", engine="openvino")
+    assert "member m00" in _one_line(info) and "OpenVINO cannot compile it" in str(info.value)
+    assert json.loads((tmp_path / "ov" / "run.json").read_text())["status"] == "failed"
+
+
+def test_an_unknown_scoring_engine_is_refused_before_any_work(members, tmp_path):
+    with pytest.raises(TransferlabError) as info:
+        _ensemble(members, tmp_path / "bad", engine="tensorrt")
+    assert "--engine" in _one_line(info) and not (tmp_path / "bad").exists()

@@ -279,3 +279,10 @@ def test_the_cli_offers_exactly_the_methods_there_are():
     from transferlab.cli.ensemble_commands import METHODS
 
     assert METHODS == ef.METHODS
+
+
+def test_the_cli_offers_exactly_the_scoring_engines_there_are():
+    from transferlab.cli.ensemble_commands import ENGINES
+    from transferlab.features.extract import ENGINES as EXTRACTION_ENGINES
+
+    assert ENGINES == tuple(EXTRACTION_ENGINES)

@@ -12,6 +12,7 @@ from transferlab.cli.output import print_run_result
 from transferlab.options import TTA_HELP, check_choice, check_file, check_folder, check_int, tta_mode
 
 METHODS = ("mean", "weighted", "stack", "select")  # classifiers.ensemble_fit.METHODS, checked without its imports
+ENGINES = ("torch", "openvino", "auto")  # features.extract.ENGINES, checked without torch
 
 ENSEMBLE_HELP = """Combine probe and fine-tuned runs of the same classes into one model, itself a run folder.
 
@@ -43,12 +44,18 @@ def ensemble(
     seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds and the stacker.")] = 0,
     tta: Annotated[str | None, typer.Option(help=TTA_HELP + " Applied to every member, in scoring and in the "
                                                   "ensemble's model; default: each member's own.")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="What scores the members on the validation images: torch, openvino or auto (default, or "
+             "$TRANSFERLAB_ENGINE): OpenVINO in fp32 where it is installed and compiles a member, else torch. "
+             "The same network at the same precision (probabilities agree to ~1e-4), 2.6-3x faster on elpv.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/ensemble-<method>-<first run>).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
     check_choice("--method", method, METHODS)
     check_int("--folds", folds, 2, 100)
     tta = None if tta is None else tta_mode(tta)
+    if engine is not None:
+        check_choice("--engine", engine, ENGINES)
     for run in runs:
         check_folder(run, "run folder")
     check_folder(test, "test folder")
@@ -58,7 +65,8 @@ def ensemble(
     config = EnsembleConfig(
         runs=[str(r) for r in runs], out=str(out or Path("runs") / f"ensemble-{method}-{runs[0].resolve().name}"),
         method=method, test=str(test) if test else None, baseline=str(baseline) if baseline else None,
-        baseline_partial=baseline_partial, folds=folds, seed=seed, tta=tta, progress=not quiet)
+        baseline_partial=baseline_partial, folds=folds, seed=seed, tta=tta, progress=not quiet,
+        **({"engine": engine} if engine is not None else {}))
     result = run_ensemble(config)
     table = result.metrics["ensemble"]
     console.print(f"[bold]members[/bold]: {result.summary['members']}", highlight=False)

@@ -14,14 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from transferlab import openvino_rt
 from transferlab.atomic import write_json
 from transferlab.data.layout import prepare_data
 from transferlab.backbones import native_size
+from transferlab.features.extract import default_engine
 from transferlab.features.resolution import resolution_for, typical_short_side
 from transferlab.finetune.recipe import Recipe
 from transferlab.inference.predict import load_predictor
 from transferlab.insight.transferability import rank_backbones
-from transferlab.pipelines.auto_plan import Budget, PlanLog, Throughput, seconds_text
+from transferlab.pipelines.auto_plan import (
+    ENSEMBLE_COMPILED_PASSES,
+    ENSEMBLE_VAL_PASSES,
+    Budget,
+    PlanLog,
+    Throughput,
+    seconds_text,
+)
 from transferlab.pipelines.ensemble import EnsembleConfig, run_ensemble
 from transferlab.pipelines.finetune import FinetuneConfig, run_finetune
 from transferlab.pipelines.finetune_state import STATE_FILE as FINETUNE_STATE
@@ -100,10 +109,11 @@ def rank_step(context: AutoContext) -> tuple[Throughput, list[str]]:
     if saved.is_file():  # a resumed auto: the first measurement stands (its features are cached now)
         record = read_json_object(saved, "auto throughput")
         log.add("rank", "reuse", "measured by the earlier invocation", ", ".join(record["order"]))
-        return Throughput(record["seconds_per_image"], n_all, n_val), list(record["order"])
+        return Throughput(record["seconds_per_image"], n_all, n_val, _scoring_passes()), list(record["order"])
     started = time.perf_counter()
-    # Timed in PyTorch: fine-tunes and ensemble scoring run there, and their costs are counted in
-    # its passes; probes extract with the faster engine, so their estimates err on the safe side.
+    # Timed in PyTorch: fine-tunes run there, and every cost is counted in its passes; probes
+    # extract with the faster engine, so their estimates err on the safe side, and the ensemble
+    # scores compiled by OpenVINO where it can (fewer passes: _scoring_passes).
     result = rank_backbones(config.data, list(config.backbones), cache_dir=context.cache,
                             per_class=config.rank_per_class, seed=config.seed, progress=config.progress,
                             workers=config.workers, runs_root=str(context.out / "no-runs"), engine="torch")
@@ -115,7 +125,13 @@ def rank_step(context: AutoContext) -> tuple[Throughput, list[str]]:
                         f"{r.resolution}px" for r in result.ranked())
     log.add("rank", "run", f"{len(result.rows)} backbones timed and ranked by LogME on {result.rows[0].images} "
             f"training images ({seconds_text(time.perf_counter() - started)}); {n_all} images in all", figures)
-    return Throughput(per_image, n_all, n_val), order
+    return Throughput(per_image, n_all, n_val, _scoring_passes()), order
+
+
+def _scoring_passes() -> float:
+    """Passes per ensemble member and view: the ensemble scores in OpenVINO (fp32) where it can."""
+    compiled = default_engine() != "torch" and openvino_rt.available()
+    return ENSEMBLE_COMPILED_PASSES if compiled else ENSEMBLE_VAL_PASSES
 
 
 def probe_speeds(context: AutoContext, throughput: Throughput, probes: list[StepResult]) -> Throughput:
