@@ -281,6 +281,42 @@ def test_openvino_fp32_scores_the_members_as_torch_does(members, mean_run, tmp_p
     summaries = [json.loads((run / "report.json").read_text())["summary"] for run in (mean_run, fast)]
     assert summaries[0]["scored with"].startswith("torch fp32")
     assert summaries[1]["scored with"].startswith("openvino fp32")
+    tables = [json.loads((run / "metrics.json").read_text())["ensemble"]["members"] for run in (mean_run, fast)]
+    assert [(r["member"], r["run"], r["val"]) for r in tables[1]] == [(r["member"], r["run"], r["val"])
+                                                                      for r in tables[0]]
+
+
+def _broken_compile(data, precision="fp32", threads=1, where="model", image_input=None):
+    raise TransferlabError(f"{where}: OpenVINO cannot compile it: a plugin error")  # as compile_onnx words it
+
+
+@pytest.mark.skipif(not openvino_rt.available(), reason="OpenVINO is not installed")
+@pytest.mark.parametrize("failure", ["compile", "wrong numbers"])
+def test_a_failing_or_wrong_openvino_falls_back_to_torch_or_is_refused(members, mean_run, tmp_path, monkeypatch,
+                                                                       failure):
+    """auto scores a member OpenVINO fails on (or computes wrongly: checked against torch on the
+    first batch) in torch, with the same figures; --engine openvino refuses, naming member and run."""
+    from transferlab.inference import member_scoring
+
+    if failure == "compile":
+        monkeypatch.setattr(openvino_rt, "compile_onnx", _broken_compile)
+        expected = "cannot compile it"
+    else:
+        right = member_scoring._openvino_scorer
+
+        def wrong(*args, **kwargs):
+            score = right(*args, **kwargs)
+            return lambda x: score(x)[:, ::-1].copy()  # the classes' columns reversed
+
+        monkeypatch.setattr(member_scoring, "_openvino_scorer", wrong)
+        expected = "differ from torch's"
+    fallback = _ensemble(members, tmp_path / "auto", engine="auto").run_dir
+    assert json.loads((fallback / "report.json").read_text())["summary"]["scored with"].startswith("torch fp32")
+    assert _rows(fallback) == _rows(mean_run)
+    with pytest.raises(TransferlabError) as info:
+        _ensemble(members, tmp_path / "ov", engine="openvino")
+    message = _one_line(info)
+    assert expected in message and message.startswith(f"member m00 ({members[0]})")
 
 
 @pytest.mark.skipif(not openvino_rt.available(), reason="OpenVINO is not installed")
@@ -302,3 +338,18 @@ def test_an_unknown_scoring_engine_is_refused_before_any_work(members, tmp_path)
     with pytest.raises(TransferlabError) as info:
         _ensemble(members, tmp_path / "bad", engine="tensorrt")
     assert "--engine" in _one_line(info) and not (tmp_path / "bad").exists()
+    from typer.testing import CliRunner
+
+    from transferlab.cli import app
+
+    result = CliRunner().invoke(app, ["ensemble", *map(str, members), "--engine", "tensorrt",
+                                      "--out", str(tmp_path / "cli")])
+    assert result.exit_code != 0 and "tensorrt" in str(result.exception or result.output)
+    assert not (tmp_path / "cli").exists()
+
+
+def test_without_openvino_an_explicit_openvino_engine_is_refused_before_any_work(members, tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_rt, "available", lambda: False)
+    with pytest.raises(TransferlabError) as info:
+        _ensemble(members, tmp_path / "ov", engine="openvino")
+    assert "not installed" in _one_line(info) and not (tmp_path / "ov").exists()

@@ -191,9 +191,9 @@ ENGINES = {"torch": FeatureExtractor, "openvino": _openvino, "auto": _auto}
 
 
 def default_engine() -> str:
-    """The engine probes and rankings use unless told: $TRANSFERLAB_ENGINE (like TRANSFERLAB_CACHE,
-    one setting for every command, e.g. `torch` in a test suite that compiles many tiny
-    networks), else "auto"."""
+    """The engine probes, rankings and ensemble scoring use unless told: $TRANSFERLAB_ENGINE (like
+    TRANSFERLAB_CACHE, one setting for every command, e.g. `torch` in a test suite that compiles
+    many tiny networks), else "auto"."""
     engine = os.environ.get("TRANSFERLAB_ENGINE", "").strip() or "auto"
     if engine not in ENGINES:
         raise TransferlabError(f"TRANSFERLAB_ENGINE={engine[:40]!r} is not an engine: choose from {', '.join(ENGINES)}")

@@ -4,11 +4,13 @@
 (resize, normalisation, the member's test-time augmentation, its model) on the validation
 images. In torch fp32 that was the slowest step of `transferlab auto` (elpv, 3 probes with
 flip: 247 of 420 s). The same branch exported to ONNX and compiled by OpenVINO *in fp32* ran
-3.1-6.4x faster per branch on this project's CPUs (a whole elpv ensemble: 43 s against 113-129 s,
-the same accuracy and macro F1; benchmarks/ensemble_scoring.py) and agrees with torch to float rounding (max abs difference
-in probability ~1e-4; tests/test_ensemble.py): the same network at the same precision,
-so the figures stay those of what predict and serve run. Not bf16: its probabilities differ by
-up to 0.3, and the combination would be fitted on numbers the model never gives.
+3.1-6.4x faster per branch on this project's CPUs, and a whole elpv ensemble 2.6-3x
+(benchmarks/ensemble_scoring.py: 40-43 s against 113-129 s, the same accuracy and macro F1). It
+agrees with torch to float rounding (1e-7 to 1e-5 in probability; checked on every member's
+first batch, PARITY_TOLERANCE): the same network at the same precision, so the figures are
+those of what predict and serve run, up to an argmax tie that rounding can tip. Not bf16: its
+probabilities differed by up to 0.37, and the combination would be fitted on numbers the model
+never gives.
 
 Engines as for feature extraction (`features.extract.ENGINES`): torch, openvino, or auto
 (OpenVINO where it is installed and compiles the branch, else torch, with a warning).
@@ -32,6 +34,11 @@ log = logging.getLogger(__name__)
 
 # (N, 3, R, R) float32 images in [0, 1] at the ensemble's resolution -> (N, C) float probabilities
 Scorer = Callable[[torch.Tensor], np.ndarray]
+Batches = Callable[[], Iterable[torch.Tensor]]  # each call yields the same images in the same order
+# Largest difference in probability from torch accepted on the first batch. fp32 graphs agreed
+# to ~1e-7 in tests and ~1e-5 on elpv; bf16 (which this never compiles) differed by up to 0.37.
+PARITY_TOLERANCE = 1e-3
+PARITY_IMAGES = 4  # checked in torch too: enough to see a wrong graph, little extra time or memory
 
 
 def _torch_scorer(branch: MemberBranch) -> Scorer:
@@ -61,23 +68,47 @@ def _openvino_scorer(branch: MemberBranch, resolution: int, where: str) -> Score
     return score
 
 
-def _scorer(branch: MemberBranch, resolution: int, name: str, engine: str) -> tuple[Scorer, str]:
-    """The branch's scorer under `engine`, and what runs it ("torch fp32" or "openvino fp32")."""
-    if engine == "torch":
-        return _torch_scorer(branch), "torch fp32"
-    where = f"member {name}"
-    try:
-        return _openvino_scorer(branch, resolution, where), "openvino fp32"
-    except Exception as exc:  # noqa: BLE001 - auto falls back to torch on any failure of the faster engine
-        if engine == "openvino":
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        log.warning("%s is scored in torch, not OpenVINO: %s", where, reason)
-        return _torch_scorer(branch), "torch fp32"
+def _compiled_probabilities(branch: MemberBranch, where: str, batches: Batches) -> list[np.ndarray]:
+    """The member's probabilities from its branch compiled by OpenVINO, checked against torch on
+    the first batch: a CPU-plugin bug that compiles but computes wrongly (one refused to compile
+    a resizing ensemble, ensemble_network.py) must not reach the fitted weights and figures."""
+    outputs, score = [], None
+    for x in batches():
+        if score is None:
+            # Torch first, on a few images: its buffers are freed before the graph's are made.
+            expected = _torch_scorer(branch)(x[:PARITY_IMAGES])
+            score = _openvino_scorer(branch, int(x.shape[-1]), where)
+            first = score(x)
+            differs = float(np.abs(first[:PARITY_IMAGES] - expected).max())
+            if differs > PARITY_TOLERANCE:
+                raise TransferlabError(f"{where}: OpenVINO's probabilities differ from torch's by {differs:.1e} "
+                                       f"on the first images (more than {PARITY_TOLERANCE:g})")
+            outputs.append(first)
+            continue
+        outputs.append(score(x))
+    return outputs
+
+
+def _member_probabilities(branch: MemberBranch, where: str, engine: str,
+                          batches: Batches) -> tuple[list[np.ndarray], str]:
+    """(per-batch probabilities, what ran them): OpenVINO fp32 unless the engine is torch; under
+    auto any failure of it (export, compile, a batch, the parity check) scores the member in torch."""
+    if engine != "torch":
+        try:
+            return _compiled_probabilities(branch, where, batches), "openvino fp32"
+        except Exception as exc:  # noqa: BLE001 - auto falls back to torch on any failure of the faster engine
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if engine == "openvino":
+                if isinstance(exc, TransferlabError):
+                    raise
+                raise TransferlabError(f"{where}: OpenVINO failed: {reason[:200]}") from None
+            log.warning("%s is scored in torch, not OpenVINO: %s", where, reason)
+    score = _torch_scorer(branch)
+    return [score(x) for x in batches()], "torch fp32"
 
 
 def check_engine(network: EnsembleNetwork, names: list[str], engine: str) -> None:
-    """Refuse an unknown engine, or --engine openvino where a member cannot run in it, before any work."""
+    """Refuse an unknown engine, or --engine openvino where a member cannot run in it, before scoring."""
     if engine not in ENGINES:
         raise TransferlabError(f"unknown engine '{engine}': choose from {', '.join(ENGINES)}")
     if engine == "openvino":
@@ -85,25 +116,22 @@ def check_engine(network: EnsembleNetwork, names: list[str], engine: str) -> Non
             _check_compilable(branch, f"member {name}")
 
 
-def score_members(network: EnsembleNetwork, names: list[str], engine: str,
-                  batches: Callable[[], Iterable[torch.Tensor]]) -> tuple[list[np.ndarray], str]:
+def score_members(network: EnsembleNetwork, names: list[str], engine: str, batches: Batches,
+                  runs: list[str] | None = None) -> tuple[list[np.ndarray], str]:
     """Each member's (n, C) float64 probabilities on the images `batches()` yields ([0, 1] floats
     at the ensemble's resolution; every call the same images in the same order), and what scored
-    them ("openvino fp32", "torch fp32", or member by member where they differ).
+    them ("openvino fp32", "torch fp32", or member by member where they differ). `runs`: the
+    members' own run folders, named in errors.
 
     One member at a time: a compiled graph keeps its activations' buffers, and three at once took
     an elpv ensemble to 5.7 GB, so each is dropped before the next one is compiled."""
     check_engine(network, names, engine)
     members, used = [], []
-    for branch, name in zip(network.branches, names, strict=True):
-        outputs, score, what = [], None, "none (no images)"
-        for x in batches():
-            if score is None:
-                score, what = _scorer(branch, int(x.shape[-1]), name, engine)
-            outputs.append(score(x))
-        del score  # its compiled graph and buffers go before the next member's are made
+    for index, (branch, name) in enumerate(zip(network.branches, names, strict=True)):
+        where = f"member {name}" + (f" ({runs[index]})" if runs else "")
+        outputs, what = _member_probabilities(branch, where, engine, batches)
         members.append(outputs)
-        used.append(what)
+        used.append(what if outputs else "none (no images)")
     distinct = list(dict.fromkeys(used))
     described = distinct[0] if len(distinct) == 1 else ", ".join(f"{n}: {u}" for n, u in zip(names, used))
     return [np.concatenate(outputs) for outputs in members if outputs], described

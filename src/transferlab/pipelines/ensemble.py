@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab import openvino_rt
 from transferlab.card import ModelCard
 from transferlab.classifiers.ensemble_fit import (
     METHODS,
@@ -29,6 +30,7 @@ from transferlab.classifiers.ensemble_fit import (
 )
 from transferlab.data.folder import Sample, scan_folder
 from transferlab.data.transforms import normalise
+from transferlab.errors import TransferlabError
 from transferlab.features.extract import ENGINES, default_engine, default_workers
 from transferlab.finetune.data import load_images
 from transferlab.inference.ensemble_network import EnsembleNetwork, load_ensemble
@@ -68,6 +70,9 @@ class EnsembleConfig:
 def run_ensemble(config: EnsembleConfig) -> RunResult:
     check_choice("--method", config.method, METHODS)
     check_choice("--engine", config.engine, tuple(ENGINES))
+    if config.engine == "openvino" and not openvino_rt.available():
+        raise TransferlabError("--engine openvino: OpenVINO is not installed (pip install openvino); "
+                               "use --engine torch or auto")
     config.tta = None if config.tta is None else tta_mode(config.tta)
     check_folder(config.test, "test folder")
     check_file(config.baseline, "baseline CSV")
@@ -93,7 +98,8 @@ def _ensemble(config: EnsembleConfig, run: RunDir, members: Members, test, basel
     check_engine(network, list(members.names), config.engine)
     timer.lap("load")
     groups = {"val": members.val, **({"test": test.samples} if test is not None else {})}
-    scored = {name: _score(network, samples, card, config) for name, samples in groups.items()}
+    runs = [str(r.path) for r in members.runs]
+    scored = {name: _score(network, samples, card, config, runs) for name, samples in groups.items()}
     timer.lap("score")
     val = scored["val"]
     combination = fit_combination(config.method, val.member_probs, val.labels, config.seed)
@@ -128,8 +134,10 @@ class Scored:
     engine: str  # what scored the members (inference.member_scoring.score_members)
 
 
-def _score(network: EnsembleNetwork, samples: list[Sample], card: ModelCard, config: EnsembleConfig) -> Scored:
-    """Every member's probabilities for these images, through the ensemble's own member branches."""
+def _score(network: EnsembleNetwork, samples: list[Sample], card: ModelCard, config: EnsembleConfig,
+           runs: list[str]) -> Scored:
+    """Every member's probabilities for these images, through the ensemble's own member branches
+    (`runs`: the members' own folders, for error messages)."""
     store = load_images(samples, card.resolution, card.interpolation, config.workers, config.progress,
                         desc="decoding")
 
@@ -137,7 +145,7 @@ def _score(network: EnsembleNetwork, samples: list[Sample], card: ModelCard, con
         for start in range(0, len(store.images), SCORE_BATCH):
             yield normalise(store.images[start:start + SCORE_BATCH], card.mean, card.std)
 
-    outputs, engine = score_members(network, list(card.members), config.engine, batches)
+    outputs, engine = score_members(network, list(card.members), config.engine, batches, runs)
     n_classes = len(card.classes)
     probs = np.stack(outputs) if outputs else np.zeros((len(card.members), 0, n_classes))
     # Rows renormalised in float64: float32 softmax sums drift by ~1e-7, the fit checks 1e-3.
