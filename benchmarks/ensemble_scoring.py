@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -61,7 +60,7 @@ def score(runs: list[str], engine: str, out: Path, tta: str) -> dict:
     args = ["ensemble", *runs, "--method", "select", "--engine", engine, "--out", str(out), "--quiet"]
     if tta != "own":
         args += ["--tta", tta]
-    wall, peak = transferlab(*args, env=dict(os.environ))
+    wall, peak = transferlab(*args)
     metrics = json.loads((out / "metrics.json").read_text())
     val = metrics["ensemble"]["ensemble"]["val"]
     return {"engine": engine, "score": metrics["timings"]["score"], "wall": wall, "peak": peak,

@@ -72,21 +72,19 @@ def _compiled_probabilities(branch: MemberBranch, where: str, batches: Batches) 
     """The member's probabilities from its branch compiled by OpenVINO, checked against torch on
     the first batch: a CPU-plugin bug that compiles but computes wrongly (one refused to compile
     a resizing ensemble, ensemble_network.py) must not reach the fitted weights and figures."""
-    outputs, score = [], None
-    for x in batches():
-        if score is None:
-            # Torch first, on a few images: its buffers are freed before the graph's are made.
-            expected = _torch_scorer(branch)(x[:PARITY_IMAGES])
-            score = _openvino_scorer(branch, int(x.shape[-1]), where)
-            first = score(x)
-            differs = float(np.abs(first[:PARITY_IMAGES] - expected).max())
-            if differs > PARITY_TOLERANCE:
-                raise TransferlabError(f"{where}: OpenVINO's probabilities differ from torch's by {differs:.1e} "
-                                       f"on the first images (more than {PARITY_TOLERANCE:g})")
-            outputs.append(first)
-            continue
-        outputs.append(score(x))
-    return outputs
+    images = iter(batches())
+    first = next(images, None)
+    if first is None:
+        return []
+    # Torch first, on a few images: its buffers are freed before the graph's are made.
+    expected = _torch_scorer(branch)(first[:PARITY_IMAGES])
+    score = _openvino_scorer(branch, int(first.shape[-1]), where)
+    outputs = [score(first)]
+    differs = float(np.abs(outputs[0][:PARITY_IMAGES] - expected).max())
+    if differs > PARITY_TOLERANCE:
+        raise TransferlabError(f"{where}: OpenVINO's probabilities differ from torch's by {differs:.1e} "
+                               f"on the first images (more than {PARITY_TOLERANCE:g})")
+    return outputs + [score(x) for x in images]
 
 
 def _member_probabilities(branch: MemberBranch, where: str, engine: str,
@@ -116,20 +114,19 @@ def check_engine(network: EnsembleNetwork, names: list[str], engine: str) -> Non
             _check_compilable(branch, f"member {name}")
 
 
-def score_members(network: EnsembleNetwork, names: list[str], engine: str, batches: Batches,
-                  runs: list[str] | None = None) -> tuple[list[np.ndarray], str]:
+def score_members(network: EnsembleNetwork, names: list[str], runs: list[str], engine: str,
+                  batches: Batches) -> tuple[list[np.ndarray], str]:
     """Each member's (n, C) float64 probabilities on the images `batches()` yields ([0, 1] floats
     at the ensemble's resolution; every call the same images in the same order), and what scored
     them ("openvino fp32", "torch fp32", or member by member where they differ). `runs`: the
-    members' own run folders, named in errors.
+    members' own run folders, named in errors; `engine` was checked by `check_engine` before
+    the images were decoded.
 
     One member at a time: a compiled graph keeps its activations' buffers, and three at once took
     an elpv ensemble to 5.7 GB, so each is dropped before the next one is compiled."""
-    check_engine(network, names, engine)
     members, used = [], []
-    for index, (branch, name) in enumerate(zip(network.branches, names, strict=True)):
-        where = f"member {name}" + (f" ({runs[index]})" if runs else "")
-        outputs, what = _member_probabilities(branch, where, engine, batches)
+    for branch, name, run in zip(network.branches, names, runs, strict=True):
+        outputs, what = _member_probabilities(branch, f"member {name} ({run})", engine, batches)
         members.append(outputs)
         used.append(what if outputs else "none (no images)")
     distinct = list(dict.fromkeys(used))

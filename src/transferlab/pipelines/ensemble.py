@@ -145,7 +145,7 @@ def _score(network: EnsembleNetwork, samples: list[Sample], card: ModelCard, con
         for start in range(0, len(store.images), SCORE_BATCH):
             yield normalise(store.images[start:start + SCORE_BATCH], card.mean, card.std)
 
-    outputs, engine = score_members(network, list(card.members), config.engine, batches, runs)
+    outputs, engine = score_members(network, list(card.members), runs, config.engine, batches)
     n_classes = len(card.classes)
     probs = np.stack(outputs) if outputs else np.zeros((len(card.members), 0, n_classes))
     # Rows renormalised in float64: float32 softmax sums drift by ~1e-7, the fit checks 1e-3.
