@@ -78,6 +78,52 @@ def test_the_same_command_again_reuses_every_finished_run(full, data):
     assert json.loads((out / "auto.json").read_text())["spent_s"] > spent  # the earlier time still counts
 
 
+def test_the_auto_folder_itself_names_the_run_to_use(full):
+    """`predict OUT` on the auto folder: one line naming the chosen run (an absolute path in result.json,
+    so it holds from any working directory)."""
+    result, out = full
+    chosen = json.loads((out / "result.json").read_text())
+    assert Path(chosen["run"]).is_absolute() and Path(chosen["run"]) == result.chosen.resolve()
+    with pytest.raises(TransferlabError) as info:
+        load_predictor(out)
+    assert "transferlab auto" in str(info.value) and str(result.chosen.resolve()) in str(info.value)
+
+
+def test_the_time_spent_reaches_auto_json_while_auto_runs(data, tmp_path, monkeypatch):
+    """kill -9 and SIGTERM end auto without a `finally`: the time spent must be on disk already."""
+    from transferlab.pipelines import auto as auto_module
+
+    monkeypatch.setattr(auto_module, "SAVE_EVERY_S", 0.05)
+    seen: list[float] = []
+    original = auto_module.rank_step
+
+    def slow_rank(context):  # a step long enough for the clock to tick during it
+        import time
+        time.sleep(0.5)
+        seen.append(json.loads((context.out / "auto.json").read_text())["spent_s"])
+        return original(context)
+
+    monkeypatch.setattr(auto_module, "rank_step", slow_rank)
+    run_auto(_config(data, tmp_path / "auto", max_finetunes=0))
+    assert seen and seen[0] > 0  # written during the step (a fresh state says 0.0), not only at its end
+
+
+def test_files_left_out_are_named_in_the_plan(tmp_path, monkeypatch):
+    monkeypatch.setattr(auto_plan, "FINETUNE_PASSES", 1e9)  # probes only: quick
+    data = make_image_folder(tmp_path / "data", per_class=8, size=40)
+    (data / "circle" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    run_auto(_config(data, tmp_path / "auto"))
+    plan = (tmp_path / "auto" / "plan.md").read_text(encoding="utf-8")
+    assert "**data**: note: 1 file(s) left out of every step" in plan and "skipped.csv" in plan
+
+
+def test_skip_figures_add_up():
+    budget = auto_plan.Budget(100.0)
+    line = budget.shortfall("finetune", 80.0, 20.0)
+    assert "needs 112 s with a 15% margin (estimate 80 s + 20 s kept for the ensemble)" in line
+    assert not budget.fits("finetune", 80.0, 20.0)
+
+
 def test_a_budget_that_cannot_hold_a_fine_tune_gives_a_smaller_plan(data, tmp_path, monkeypatch):
     monkeypatch.setattr(auto_plan, "FINETUNE_PASSES", 1e9)  # a fine-tune that could never fit
     result = run_auto(_config(data, tmp_path / "auto"))

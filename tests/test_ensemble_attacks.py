@@ -508,10 +508,22 @@ def _auto_folder(tmp_path: Path, **state) -> tuple[Path, auto.AutoConfig]:
 
 def test_auto_refuses_a_folder_of_another_command(tmp_path):
     folder, config = _auto_folder(tmp_path, fingerprint="0" * 16)
+    (folder / "runs" / "probe-lite0").mkdir(parents=True)  # it got as far as a run
     with pytest.raises(TransferlabError) as info:
         auto._open_state(folder, config)
     assert "another command" in _one_line(info)
     assert json.loads((folder / auto.STATE_FILE).read_text())["fingerprint"] == "0" * 16  # left as it was
+
+
+def test_auto_starts_afresh_where_another_command_failed_before_any_run(tmp_path):
+    """A one-class folder or a bad --backbones fails in the ranking: the corrected command must not
+    be told the folder holds another command's auto (an outside review had to delete it by hand)."""
+    folder, config = _auto_folder(tmp_path, fingerprint="0" * 16, spent_s=12.0)
+    (folder / "throughput.json").write_text(json.dumps({"order": ["resnet50"]}))  # the other command's ranking
+    state = auto._open_state(folder, config)
+    assert state["fingerprint"] == auto._fingerprint(config) and state["spent_s"] == 0.0
+    assert json.loads((folder / auto.STATE_FILE).read_text())["fingerprint"] == auto._fingerprint(config)
+    assert not (folder / "throughput.json").exists()
 
 
 def test_auto_refuses_a_linked_out_folder_even_to_resume(tmp_path):

@@ -73,10 +73,12 @@ def test_random_forest_probe_cannot_be_exported(tmp_path):
     assert leftovers(forest / "model") == [] and not (forest / "model" / "export.json").exists()
 
 
-def test_parity_failure_leaves_no_file(run_dir, tmp_path):
+def test_parity_failure_leaves_no_file(run_dir, tmp_path, monkeypatch):
+    real = export_module._run_torchscript
+    monkeypatch.setattr(export_module, "_run_torchscript", lambda path: (lambda x: real(path)(x) + 1e-3))
     out = tmp_path / "never.pt"
     with pytest.raises(TransferlabError, match="parity check"):
-        export_run(run_dir, "torchscript", out=out, tolerance=-1.0)
+        export_run(run_dir, "torchscript", out=out)
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
 
 
@@ -87,6 +89,35 @@ def test_perturbed_outputs_fail_the_onnx_export(run_dir, tmp_path, monkeypatch):
     with pytest.raises(TransferlabError, match=r"max abs difference 0\.001"):
         export_run(run_dir, "onnx", out=out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_never_writes_over_a_users_file_or_into_a_folder(run_dir, onnx_file, tmp_path, monkeypatch):
+    """Found by an outside review: --out named an existing text file, which became the ONNX model;
+    an existing folder ran the whole export, then crashed with a traceback."""
+    monkeypatch.setattr(export_module, "_sample_inputs", lambda *a: pytest.fail("checked only after work"))
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me")
+    with pytest.raises(TransferlabError, match="exists and is not this run's earlier onnx export"):
+        export_run(run_dir, "onnx", out=mine)
+    assert mine.read_text() == "keep me"
+    with pytest.raises(TransferlabError, match="is a folder"):
+        export_run(run_dir, "onnx", out=tmp_path)
+    link = tmp_path / "link.onnx"
+    link.symlink_to(onnx_file)
+    with pytest.raises(TransferlabError, match="is a link"):
+        export_run(run_dir, "onnx", out=link)
+    with pytest.raises(TransferlabError, match="no such folder"):
+        export_run(run_dir, "onnx", out=tmp_path / "missing" / "m.onnx")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(TransferlabError, match="--tolerance"):
+            export_run(run_dir, "onnx", tolerance=bad)
+
+
+def test_a_run_is_exported_again_over_its_own_earlier_export(run_dir, onnx_file, tmp_path):
+    elsewhere = tmp_path / "probe.onnx"
+    assert export_run(run_dir, "onnx", out=elsewhere) == elsewhere
+    assert export_run(run_dir, "onnx", out=elsewhere) == elsewhere  # recorded in export.json: its own
+    assert export_run(run_dir, "onnx") == onnx_file  # the default file is always its own
 
 
 def test_unknown_format(run_dir):
@@ -116,3 +147,22 @@ def test_onnx_engine_refuses_a_stale_export(run_dir, onnx_file, tmp_path):
     (copy / "model" / "export.json").write_text(json.dumps(record))
     with pytest.raises(TransferlabError, match="not exported from this run's current model"):
         create_app(copy, engine="onnx")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "linked"])
+def test_onnx_engines_refuse_a_damaged_or_linked_model_file_in_one_line(run_dir, onnx_file, tmp_path, damage):
+    """A review found serve printing "serving ..." and then a lifespan traceback for a bad model.onnx."""
+    from transferlab.serve.engines import check_engine
+
+    copy = Path(shutil.copytree(run_dir, tmp_path / "copy"))
+    model = copy / "model" / "model.onnx"
+    if damage == "truncated":
+        model.write_bytes(model.read_bytes()[:1000])
+    else:
+        model.unlink()
+        model.symlink_to(onnx_file)
+    expected = "not the file export.json describes" if damage == "truncated" else "is a link"
+    for engine in ("onnx", "openvino"):
+        with pytest.raises(TransferlabError, match=expected) as info:
+            check_engine(copy, engine)
+        assert "\n" not in str(info.value)

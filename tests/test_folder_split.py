@@ -758,3 +758,20 @@ def test_train_per_class_keeps_validation_and_nests(tmp_path):
         prepare_data(root, train_per_class=0)
     save_split(small, tmp_path / "split.json", root)
     assert load_split(tmp_path / "split.json")["train_limit"] == 6
+
+
+def test_a_test_folder_that_repeats_the_training_images_is_reported(tmp_path):
+    """`auto data --test data` reported test accuracy far above validation, with no warning."""
+    import shutil
+
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    prepared = prepare_data(data, data)
+    assert any("18 of 18 test file(s) are also training or validation images" in n for n in prepared.notes)
+    copy = tmp_path / "test"
+    shutil.copytree(data, copy)  # byte-identical copies under other names
+    (copy / "circle" / "img (0).jpg").rename(copy / "circle" / "renamed.jpg")
+    assert any("18 of 18 test file(s)" in n for n in prepare_data(data, copy).notes)
+    held_out = make_image_folder(tmp_path / "held-out", per_class=2, size=40)  # other pixels
+    assert not any("test file(s)" in n for n in prepare_data(data, held_out).notes)

@@ -38,6 +38,15 @@ def export_record(run: Path) -> dict:
     return json.loads((run / "model" / "export.json").read_text())["onnx"]
 
 
+def rehash(run: Path) -> None:
+    """Make export.json's sha256 match model.onnx as it is now (what an attacker editing both does)."""
+    from transferlab.inference.export import file_sha256
+
+    record = json.loads((run / "model" / "export.json").read_text())
+    record["onnx"]["sha256"] = file_sha256(run / "model" / "model.onnx")
+    (run / "model" / "export.json").write_text(json.dumps(record))
+
+
 def copy_run(run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run, tmp_path / "copy"))
 
@@ -144,8 +153,9 @@ def test_a_model_reading_weights_from_another_file_is_refused(run_dir, tmp_path,
     secret = tmp_path / "id_rsa"
     secret.write_bytes(os.urandom(4096))
     with_external_weights(copy / "model" / "model.onnx", secret)
-    # The export record's fingerprint covers the run's model files, not model.onnx: this is
-    # what a hand-edited or hostile folder looks like to the loader.
+    # A hostile folder edits export.json to match (its sha256 of model.onnx is only a check
+    # against accidents): the loader itself must refuse the graph.
+    rehash(copy)
     with pytest.raises(TransferlabError, match="keeps its data in another file"):
         load_engine(copy, engine)
 
@@ -157,10 +167,11 @@ def test_a_linked_or_garbage_model_file_is_refused(run_dir, tmp_path, engine):
     elsewhere = tmp_path / "elsewhere.onnx"
     shutil.move(model_file, elsewhere)
     model_file.symlink_to(elsewhere)
-    with pytest.raises(TransferlabError, match="not a regular file"):
+    with pytest.raises(TransferlabError, match="is a link"):
         load_engine(copy, engine)
     model_file.unlink()
     model_file.write_bytes(b"\x08\x07" + os.urandom(256))
+    rehash(copy)  # as a hostile folder would, so the ONNX reader itself is what refuses
     with pytest.raises(TransferlabError, match="not an ONNX model|cannot compile"):
         load_engine(copy, engine)
 

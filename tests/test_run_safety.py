@@ -419,6 +419,57 @@ def test_a_linked_out_folder_is_refused(probe_run, image_folder, tmp_path):
     assert (probe_run / "model" / "backbone.safetensors").is_file()
 
 
+@pytest.mark.parametrize("where", ["same", "inside", "above"])
+def test_an_ensemble_never_writes_over_one_of_its_members(probe_run, tmp_path, where):
+    """`ensemble A B --out B` emptied run B and then failed for want of it (an outside review)."""
+    from transferlab.pipelines.ensemble import EnsembleConfig, run_ensemble
+
+    first, second = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    shutil.copytree(probe_run, first)
+    shutil.copytree(probe_run, second)
+    out = {"same": second, "inside": second / "ens", "above": tmp_path / "runs"}[where]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(TransferlabError, match="which this command reads") as info:
+        run_ensemble(EnsembleConfig(runs=[str(first), str(second)], out=str(out), workers=0, progress=False))
+    assert "\n" not in str(info.value)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert json.loads((second / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_probe_or_fine_tune_never_clears_the_weights_it_loads(probe_run, image_folder, tmp_path):
+    from transferlab.finetune.recipe import load_recipe
+    from transferlab.pipelines.finetune import FinetuneConfig, run_finetune
+
+    run = _copy(probe_run, tmp_path)
+    weights = run / "model" / "backbone.safetensors"
+    kept = weights.read_bytes()
+    code, message = probe(image_folder, run, "--weights", weights)
+    assert code == 2 and "which this command reads" in message
+    recipe = load_recipe(None, {"backbone": "test_resnet", "weights": str(weights), "resolution": 64})
+    with pytest.raises(TransferlabError, match="which this command reads"):
+        run_finetune(FinetuneConfig(data=str(image_folder), out=str(run), recipe=recipe, workers=0, progress=False))
+    assert weights.read_bytes() == kept and json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("linked", ["model", "model/model.json", "model/backbone.safetensors"])
+def test_a_linked_model_folder_or_file_is_refused_and_nothing_is_written_through_it(probe_run, tmp_path,
+                                                                                    linked):
+    """A review found `export` writing model.onnx into the run a linked model/ pointed at."""
+    from transferlab.inference.export import export_run
+
+    elsewhere = _copy(probe_run, tmp_path / "other")
+    run = _copy(probe_run, tmp_path)
+    victim = run / linked
+    shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
+    victim.symlink_to(elsewhere / linked)
+    before = sorted(p.name for p in (elsewhere / "model").iterdir())
+    with pytest.raises(TransferlabError, match="is a link"):
+        load_predictor(run)
+    with pytest.raises(TransferlabError, match="is a link"):
+        export_run(run, "onnx")
+    assert sorted(p.name for p in (elsewhere / "model").iterdir()) == before
+
+
 def test_a_huge_sparse_model_card_is_refused_without_reading_it(probe_run, tmp_path, image_folder):
     run = _copy(probe_run, tmp_path)
     with open(run / "model" / "model.json", "r+b") as handle:

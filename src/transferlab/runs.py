@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from transferlab import __version__
 from transferlab.atomic import write_json, write_text
@@ -130,14 +130,18 @@ class RunDir(RunPaths):
         write_text(self.path / name, buffer.getvalue())
 
 
-def check_out_folder(path: str | Path) -> None:
-    """An output folder must be new, empty, or an earlier transferlab run.
+def check_out_folder(path: str | Path, reads: Iterable[str | Path | None] = ()) -> None:
+    """An output folder must be new, empty, or an earlier transferlab run, and apart from
+    everything the command reads (`reads`: input runs, weight files; None is skipped).
 
     "A run" means its run.json reads as a transferlab status (a known kind and status), not
     merely that a file of that name exists; and a link is refused, since clearing the run's
-    artifacts would then clear whatever folder it points at.
+    artifacts would then clear whatever folder it points at. An --out that is, holds or lies
+    inside an input would be cleared before that input is read: `ensemble A B --out B` emptied
+    run B and then failed for want of it.
     """
     folder = Path(path)
+    _check_apart(folder, reads)
     if folder.is_symlink():
         raise TransferlabError(f"{folder}: is a link (to {os.path.realpath(folder)}); give the real folder as --out")
     if not folder.exists():
@@ -148,6 +152,18 @@ def check_out_folder(path: str | Path) -> None:
         return
     raise TransferlabError(f"{folder}: folder is not empty and is not a transferlab run (no valid run.json); "
                            "refusing to write into it: choose a new or empty --out")
+
+
+def _check_apart(folder: Path, reads: Iterable[str | Path | None]) -> None:
+    out = Path(os.path.realpath(folder))
+    for source in reads:
+        if source is None:
+            continue
+        read = Path(os.path.realpath(source))
+        if out == read or out in read.parents or read in out.parents:
+            relation = "is" if out == read else "holds" if out in read.parents else "lies inside"
+            raise TransferlabError(f"{folder}: --out {relation} {source}, which this command reads (a run "
+                                   "folder is cleared before it is written): choose an --out apart from it")
 
 
 MEMBER_KINDS = ("probe", "finetune")  # what an ensemble may combine
@@ -203,11 +219,26 @@ def load_complete_run(path: str | Path) -> RunDir:
     run = RunDir(path)
     status_file = run.path / "run.json"
     if not status_file.is_file():
-        raise TransferlabError(f"{run.path}: not a transferlab run folder (no run.json)")
+        raise TransferlabError(f"{run.path}: not a transferlab run folder (no run.json)" + _auto_hint(run.path))
     status = read_json_object(status_file, "run status").get("status")
     if status != "complete":
         raise TransferlabError(f"{run.path}: run is not complete (status '{status}'); run it again")
     return run
+
+
+def _auto_hint(folder: Path) -> str:
+    """For the folder `transferlab auto` writes (OUT/auto.json, OUT/result.json): the run it chose."""
+    if not (folder / "auto.json").is_file():
+        return ""
+    try:
+        result = read_json_object(folder / "result.json", "auto result")
+    except TransferlabError:
+        return "; it is a `transferlab auto` folder that has not finished: its runs are under runs/"
+    run, tta = result.get("run"), result.get("tta")
+    if not isinstance(run, str):
+        return ""
+    flag = f" with --tta {tta}" if isinstance(tta, str) and tta != "none" else ""
+    return f"; it is a `transferlab auto` folder: the model it chose is {run[:300]!r}{flag[:40]}"
 
 
 @dataclass(frozen=True)
@@ -221,8 +252,17 @@ class OpenRun(RunPaths):
 def open_run(path: str | Path) -> OpenRun:
     """The one reader of run folders: a complete run with a valid model card, or one line why not."""
     run = load_complete_run(path)
+    _check_no_links(run.model_dir, MODEL_FILES + ("members", "export.json", "model.onnx", "model.pt"))
     file = run.model_dir / "model.json"
     return OpenRun(run.path, ModelCard.from_dict(read_json_object(file, "model card"), str(file)))
+
+
+def _check_no_links(folder: Path, names: Iterable[str]) -> None:
+    """transferlab writes regular files and folders only: a link in a model folder would load
+    (or, for export, write) a model outside the run."""
+    for target in (folder, *(folder / name for name in names)):
+        if target.is_symlink():
+            raise TransferlabError(f"{target}: is a link; a run's model folder holds only regular files")
 
 
 @dataclass(frozen=True)
@@ -248,9 +288,7 @@ def open_member(run: OpenRun, name: str) -> OpenModel:
     if members.is_symlink() or folder.is_symlink() or not folder.is_dir():
         raise TransferlabError(f"{folder}: ensemble member folder missing (or a link)")
     # `transferlab ensemble` copies regular files only: a link would load a model from outside the run.
-    linked = next((folder / f for f in MODEL_FILES if (folder / f).is_symlink()), None)
-    if linked is not None:
-        raise TransferlabError(f"{linked}: is a link; an ensemble member holds only regular files")
+    _check_no_links(folder, MODEL_FILES)
     file = folder / "model.json"
     card = ModelCard.from_dict(read_json_object(file, "model card"), str(file))
     if card.kind not in MEMBER_KINDS:

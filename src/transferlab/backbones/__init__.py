@@ -9,6 +9,7 @@ from transferlab.backbones.registry import (
     create_backbone,
     describe_backbones,
     native_size,
+    weights_file,
 )
 from transferlab.backbones.shape import UncutBackboneWarning, block_groups, cam_layer, sequential_units
 
@@ -24,4 +25,5 @@ __all__ = [
     "describe_backbones",
     "native_size",
     "sequential_units",
+    "weights_file",
 ]

@@ -201,6 +201,12 @@ def _load_hub(name: str) -> nn.Module:
         raise _hub_error(name, f"could not be loaded ({type(exc).__name__})") from None
 
 
+def weights_file(weights: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The file a `weights` value names (what `create_backbone` reads), or None for the
+    registered source or "random"."""
+    return None if weights is None or str(weights) == "random" else weights
+
+
 def create_backbone(name: str, weights: str | os.PathLike | None = None) -> Backbone:
     """Build backbone `name` in eval mode.
 

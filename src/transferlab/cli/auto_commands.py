@@ -48,7 +48,7 @@ def auto(
     from transferlab.pipelines.auto_plan import parse_budget
 
     seconds = parse_budget(budget)
-    names = tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else None
+    names = tuple(dict.fromkeys(b.strip() for b in backbones.split(",") if b.strip())) if backbones else None
     if backbones is not None and not names:
         raise TransferlabError("--backbones: give one or more backbone names")
     from transferlab.pipelines.auto import PACKAGED, AutoConfig, run_auto

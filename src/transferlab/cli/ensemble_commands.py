@@ -37,7 +37,8 @@ the largest resolution and resizes inside its graph for the others.
 def ensemble(
     runs: Annotated[list[Path], typer.Argument(help="Two or more finished probe or fine-tune run folders.")],
     method: Annotated[str, typer.Option(help="mean, weighted, stack or select.")] = "mean",
-    folds: Annotated[int, typer.Option(help="Cross-validation folds on the validation set (weighted, stack).")] = 5,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds on the validation set "
+                                            "(weighted, stack, select).")] = 5,
     test: Annotated[Path | None, typer.Option(help="Separate test folder with the same class subfolders.")] = None,
     baseline: Annotated[Path | None, typer.Option(help="CSV with columns class,f1 to compare per class against.")] = None,
     baseline_partial: Annotated[bool, typer.Option(help="Accept a baseline that names only some of the classes.")] = False,

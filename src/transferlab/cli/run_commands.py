@@ -104,7 +104,7 @@ def compare(
 
 @app.command()
 def serve(
-    run: Annotated[Path, typer.Argument(help="A finished run folder (probe or fine-tuned).")],
+    run: Annotated[Path, typer.Argument(help="A finished run folder (probe, fine-tuned or ensemble).")],
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes (each loads the model once).")] = 1,

@@ -213,6 +213,8 @@ def prepare_data(
         split = _given_split(scanned, seed, min((n for n in (per_class, train_per_class) if n is not None),
                                                 default=None))
         notes += _leak_notes(scanned)
+    if scanned.test is not None:
+        notes += _test_leak_notes(split, scanned.test)
     return PreparedData(scanned.layout.root, data_scan, split, scanned.test, notes + split.warnings,
                         "pre-split" if scanned.layout.pre_split else "class folders")
 
@@ -252,6 +254,20 @@ def _duplicate_notes(keys: dict, scan: FolderScan) -> list[str]:
     if conflicts:
         notes.append(f"{conflicts} of them span classes (label conflicts): run `transferlab doctor` to list them")
     return notes
+
+
+def _test_leak_notes(split: Split, test: FolderScan) -> list[str]:
+    """Test images that are also training or validation images (the same file, or a byte-identical
+    copy, as with --test given the data folder itself): the test figures are then not held out."""
+    seen = [s.path for s in split.train + split.val]
+    keys = duplicate_keys(seen + [s.path for s in test.samples])
+    seen_keys = {keys[p] for p in seen if p in keys}
+    resolved = {p.resolve() for p in seen}
+    leaked = [s.path for s in test.samples if s.path.resolve() in resolved or keys.get(s.path) in seen_keys]
+    if not leaked:
+        return []
+    return [(f"{len(leaked)} of {len(test.samples)} test file(s) are also training or validation images (the "
+             "same file or a byte-identical copy): the test figures are not held out; run `transferlab doctor`")]
 
 
 def _leak_notes(scanned: ScannedData) -> list[str]:

@@ -2,10 +2,12 @@
 
 The exported graph is `WithSoftmax(network)`: for a probe, backbone, pooled multi-layer
 features and the folded logistic regression; for a fine-tuned run its network; for an
-ensemble every member and their combination; with the test-time augmentation asked for. Before the file gets its final name, its outputs are
-compared with PyTorch's on sample inputs; beyond the tolerance the export fails and
-leaves nothing behind. `model/export.json` records the measured difference and everything
-needed to feed the file (resolution, interpolation, mean, std, classes).
+ensemble every member and their combination; with the test-time augmentation asked for.
+Before the file gets its final name, its outputs are compared with PyTorch's on sample
+inputs; beyond the tolerance the export fails and leaves nothing behind. It never writes
+over a file but this run's own earlier export. `model/export.json` records the measured
+difference, the file's sha256 and everything needed to feed the file (resolution,
+interpolation, mean, std, classes).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from transferlab.inference.openvino_check import openvino_check
 from transferlab.inference.probe_network import WithSoftmax
 from transferlab.inference.run_network import RunNetwork, load_run_network
 from transferlab.options import tta_mode
-from transferlab.runs import RunDir, load_complete_run, open_member, open_run
+from transferlab.runs import RunDir, load_complete_run, open_member, open_run, read_json_object
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 ONNX_OPSET = 17
@@ -197,7 +199,10 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     """
     if fmt not in FORMATS:
         raise TransferlabError(f"unknown export format '{fmt}': choose from {', '.join(FORMATS)}")
+    if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < float("inf")):
+        raise TransferlabError(f"--tolerance must be a number of 0 or more, got {tolerance}")
     run = load_complete_run(run_dir)
+    target = _check_target(run, fmt, Path(out) if out is not None else run.model_dir / FORMATS[fmt])
     loaded = load_run_network(run.path)  # TransferlabError for probe heads that are not linear
     if not getattr(loaded.network, "exportable", True):
         raise TransferlabError(f"{run.path}: a member of this ensemble has a probe head that is not a logistic "
@@ -208,7 +213,6 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     network = WithSoftmax(loaded.network, mode).eval()
     resolution = loaded.card.resolution
     samples, images, n_real = _sample_inputs(run, loaded.card)
-    target = Path(out) if out is not None else run.model_dir / FORMATS[fmt]
     export, load = _exporter(fmt)
     started = time.perf_counter()
     with atomic_path(target) as tmp:
@@ -234,6 +238,42 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     return target
 
 
+def _check_target(run: RunDir, fmt: str, target: Path) -> Path:
+    """Where the export may go, checked before any work: a new file in an existing folder, or this
+    run's own earlier export of `fmt` (its default file, or the one export.json names). Anything
+    else that exists is a user's file, never written over; a link is refused, as it would write
+    wherever it points."""
+    if target.is_symlink():
+        raise TransferlabError(f"{target}: is a link; give the real file as --out")
+    if target.is_dir():
+        raise TransferlabError(f"{target}: is a folder; give a file name as --out (e.g. {target / FORMATS[fmt]})")
+    if not target.parent.is_dir():
+        raise TransferlabError(f"{target.parent}: no such folder for --out")
+    if target.exists() and target.resolve() not in _earlier_exports(run, fmt):
+        raise TransferlabError(f"{target}: exists and is not this run's earlier {fmt} export; transferlab writes "
+                               "over no other file: choose a new --out")
+    return target
+
+
+def _earlier_exports(run: RunDir, fmt: str) -> set[Path]:
+    own = {(run.model_dir / FORMATS[fmt]).resolve()}
+    try:
+        entry = read_json_object(run.model_dir / "export.json", "export record").get(fmt)
+    except TransferlabError:
+        return own
+    if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+        own.add((run.path / entry["file"]).resolve())  # relative to the run, or absolute as written
+    return own
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _record(run: RunDir, fmt: str, target: Path, check: dict, loaded: RunNetwork) -> None:
     """Merge this format's entry into model/export.json (one entry per format)."""
     path = run.model_dir / "export.json"
@@ -248,6 +288,7 @@ def _record(run: RunDir, fmt: str, target: Path, check: dict, loaded: RunNetwork
     card = loaded.card
     record[fmt] = {
         "file": file_name,
+        "sha256": file_sha256(target),  # serving checks the file it loads is this one
         "source_model": model_fingerprint(run.path),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, card.resolution, card.resolution],
                   "dtype": "float32", "preprocess": "resize shorter side, centre crop, (x - 255*mean) / (255*std)",

@@ -22,10 +22,12 @@ and counts the time already spent against the budget.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from transferlab.options import MAX_RESOLUTION, check_file, check_folder
 from transferlab.pipelines.auto_plan import Budget, PlanLog, Throughput, seconds_text
 from transferlab.pipelines.auto_steps import (
     ENSEMBLE_FEWEST,
+    THROUGHPUT_FILE,
     AutoContext,
     StepResult,
     ensemble_step,
@@ -50,10 +53,12 @@ from transferlab.pipelines.auto_steps import (
     rank_step,
     tta_step,
 )
+from transferlab.report.baseline import load_baseline
 from transferlab.runs import read_json_object
 
 PACKAGED = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 STATE_FILE = "auto.json"
+SAVE_EVERY_S = 5.0  # how often the time spent is written to auto.json while auto runs
 RESOLUTION_STEP = 1.25  # the higher-resolution fine-tune: 128 -> 160 px, 224 -> 288 px
 # The fast recipe (recipes/heritage-fast.yaml) without its backbone (each fine-tune sets that),
 # with 12 epochs of the top group instead of 6: those epochs run on cached activations (about
@@ -100,6 +105,8 @@ def run_auto(config: AutoConfig) -> AutoResult:
     check_folder(config.test, "test folder")
     check_file(config.baseline, "baseline CSV")
     recipe_for(config, config.backbones[0])  # a bad recipe is one line before any work
+    if config.baseline:
+        load_baseline(config.baseline)  # a malformed CSV too (its classes are checked by the first probe)
     out = Path(config.out)
     state = _open_state(out, config)
     budget = Budget(config.budget_s, spent=float(state.get("spent_s", 0.0)))
@@ -110,11 +117,36 @@ def run_auto(config: AutoConfig) -> AutoResult:
                 f"{seconds_text(state['spent_s'])} already spent")
     context = AutoContext(config=config, out=out, budget=budget, log=log,
                           recipe_for=lambda b, r=None: recipe_for(config, b, r))
-    try:
+    with SpentClock(out / STATE_FILE, state, budget):
         return _plan(context, state)
-    finally:
-        state["spent_s"] = round(budget.used(), 3)
-        write_json(out / STATE_FILE, state)
+
+
+class SpentClock:
+    """Writes the time spent into auto.json every SAVE_EVERY_S seconds and at the end: a kill -9,
+    a SIGTERM (timeout, docker stop) or the OOM killer ends the process without a `finally`, and
+    the same command must still count the time already spent."""
+
+    def __init__(self, path: Path, state: dict, budget: Budget):
+        self.path, self.state, self.budget = path, state, budget
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="auto-spent-clock", daemon=True)
+
+    def _save(self) -> None:
+        write_json(self.path, {**self.state, "spent_s": round(self.budget.used(), 3)})
+
+    def _loop(self) -> None:
+        while not self.stop.wait(SAVE_EVERY_S):
+            self._save()
+
+    def __enter__(self) -> SpentClock:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.state["spent_s"] = round(self.budget.used(), 3)
+        self._save()
 
 
 def _plan(context: AutoContext, state: dict) -> AutoResult:
@@ -129,6 +161,7 @@ def _plan(context: AutoContext, state: dict) -> AutoResult:
         raise TransferlabError(f"budget {seconds_text(config.budget_s)}: not even one probe fits on this machine "
                                f"(one is estimated at {seconds_text(throughput.probe(order[0]))}); give a longer "
                                "--budget")
+    _note_skipped(log, steps[0].run)
     probes = sorted(steps, key=lambda s: s.val_accuracy, reverse=True)
     log.ablation.append(["probe only (best of the probes)", f"{probes[0].val_accuracy:.4f}",
                          f"{probes[0].val_macro_f1:.4f}", probes[0].label])
@@ -140,15 +173,28 @@ def _plan(context: AutoContext, state: dict) -> AutoResult:
     tta = tta_step(context, throughput, best)
     ensemble = ensemble_step(context, throughput, steps, best, tta)
     chosen = ensemble or (tta if tta is not None and tta.val_accuracy > best.val_accuracy else best)
-    result = {"run": str(chosen.run), "label": chosen.label, "val_accuracy": chosen.val_accuracy,
+    result = {"run": str(chosen.run.resolve()), "label": chosen.label, "val_accuracy": chosen.val_accuracy,
               "tta": chosen.tta, "seconds": round(budget.used(), 1), "budget_s": config.budget_s}
     write_json(context.out / "result.json", result)
-    log.add("result", "note", f"the model to use is {chosen.run}" + (f" with --tta {chosen.tta}" if
+    log.add("result", "note", f"the model to use is {chosen.run.resolve()}" + (f" with --tta {chosen.tta}" if
                                                                       chosen.tta != "none" else ""),
             f"val accuracy {chosen.val_accuracy:.4f}; {seconds_text(budget.used())} of "
             f"{seconds_text(config.budget_s)}")
     log.write()
     return AutoResult(context.out, chosen.run, chosen.val_accuracy, log.path, steps)
+
+
+def _note_skipped(log: PlanLog, run: Path) -> None:
+    """Files every step leaves out (unreadable, not images): said once, where the user reads the plan."""
+    path = run / "skipped.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = sum(1 for _ in csv.reader(handle)) - 1
+    except OSError:
+        return
+    if rows > 0:
+        log.add("data", "note", f"{rows} file(s) left out of every step (unreadable or not images)",
+                f"listed in {path}")
 
 
 def _ablation_finetunes(log: PlanLog, finetunes: list[StepResult]) -> None:
@@ -262,6 +308,8 @@ def _open_state(out: Path, config: AutoConfig) -> dict:
         raise TransferlabError(f"{out}: is a link; give the real folder as --out")
     if path.is_file():
         state = read_json_object(path, "auto state")
+        if state.get("fingerprint") != fingerprint and not _started_a_run(out):
+            return _fresh_state(out, config, fingerprint)  # e.g. a one-class folder, given again fixed
         if state.get("fingerprint") != fingerprint:
             raise TransferlabError(f"{out}: holds an auto run of another command (data, budget or settings); "
                                    "give a new --out")
@@ -270,8 +318,22 @@ def _open_state(out: Path, config: AutoConfig) -> dict:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TransferlabError(f"{out}: exists and is not an auto folder; refusing to write into it: choose a new "
                                "--out")
+    return _fresh_state(out, config, fingerprint)
+
+
+def _started_a_run(out: Path) -> bool:
+    """Whether an earlier auto in `out` got as far as a run folder (which a different command must
+    not reuse); before that, it holds only the ranking's cache and notes, which any command may."""
+    runs = out / "runs"
+    return runs.is_symlink() or (runs.is_dir() and any(runs.iterdir()))
+
+
+def _fresh_state(out: Path, config: AutoConfig, fingerprint: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (THROUGHPUT_FILE, "tta.json"):  # the ranking of an earlier command's backbones
+        if (out / stale).is_file() and not (out / stale).is_symlink():
+            (out / stale).unlink()
     state = {"fingerprint": fingerprint, "config": dataclasses.asdict(config) | {"on_event": None},
              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "spent_s": 0.0}
-    write_json(path, state)
+    write_json(out / STATE_FILE, state)
     return state

@@ -65,8 +65,20 @@ class Budget:
             return self.scales[kind]
         return max([1.0, *self.scales.values()])
 
+    def needed(self, kind: str, estimate: float, reserve: float = 0.0, reserve_kind: str = "ensemble") -> float:
+        """Seconds a step must find left: its estimate, rescaled by what this kind took so far,
+        with the SAFETY margin, plus the (rescaled) room it keeps for a later step."""
+        return estimate * self.scale(kind) * SAFETY + reserve * self.scale(reserve_kind)
+
     def fits(self, kind: str, estimate: float, reserve: float = 0.0, reserve_kind: str = "ensemble") -> bool:
-        return estimate * self.scale(kind) * SAFETY + reserve * self.scale(reserve_kind) <= self.left()
+        return self.needed(kind, estimate, reserve, reserve_kind) <= self.left()
+
+    def shortfall(self, kind: str, estimate: float, reserve: float = 0.0) -> str:
+        """Why a step does not fit, in figures that add up: what it needs, margin included, and what is left."""
+        return (f"needs {seconds_text(self.needed(kind, estimate, reserve))} with a {SAFETY - 1:.0%} margin "
+                f"(estimate {seconds_text(estimate * self.scale(kind))}"
+                + (f" + {seconds_text(reserve * self.scale('ensemble'))} kept for the ensemble" if reserve else "")
+                + f"), {seconds_text(self.left())} left")
 
     def learn(self, kind: str, estimated: float, measured: float) -> None:
         """Rescale later estimates of this kind by what this step really took (gradually: one

@@ -157,8 +157,7 @@ def probe_step(context: AutoContext, throughput: Throughput, backbone: str) -> S
         return step
     estimate = throughput.probe(backbone)
     if not budget.fits("probe", estimate):
-        log.add(label, "skip", "does not fit", f"estimate {seconds_text(estimate * budget.scale('probe'))}, "
-                f"{seconds_text(budget.left())} left")
+        log.add(label, "skip", "does not fit", budget.shortfall("probe", estimate))
         return None
     started = time.perf_counter()
     run_probe(ProbeConfig(data=config.data, out=str(run), test=config.test, backbone=backbone, seed=config.seed,
@@ -189,8 +188,7 @@ def finetune_step(context: AutoContext, throughput: Throughput, backbone: str, r
     estimate = throughput.finetune(backbone) * cost_factor
     if not budget.fits("finetune", estimate, reserve):
         log.add(label, "skip", "does not fit with room kept for the ensemble",
-                f"estimate {seconds_text(estimate * budget.scale('finetune'))} + "
-                f"{seconds_text(reserve * budget.scale('ensemble'))}, {seconds_text(budget.left())} left")
+                budget.shortfall("finetune", estimate, reserve))
         return None
     resume = status is not None and (run / FINETUNE_STATE).is_file()
     started = time.perf_counter()
@@ -221,7 +219,7 @@ def tta_step(context: AutoContext, throughput: Throughput, best: StepResult) -> 
     if saved.is_file():
         record = read_json_object(saved, "auto tta")
     elif not budget.fits("ensemble", estimate):
-        log.add(label, "skip", "does not fit", f"estimate {seconds_text(estimate)}, {seconds_text(budget.left())} left")
+        log.add(label, "skip", "does not fit", budget.shortfall("ensemble", estimate))
         return None
     else:
         paths, truth = _val_rows(best.run)

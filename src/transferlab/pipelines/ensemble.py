@@ -42,7 +42,7 @@ from transferlab.pipelines.tail import RunEnd, RunResult, Timer, finish_run
 from transferlab.report.baseline import check_baseline_classes, load_baseline
 from transferlab.report.ensemble_report import members_html
 from transferlab.report.metrics import classification_metrics
-from transferlab.runs import OpenRun, RunDir, read_json_object
+from transferlab.runs import OpenRun, RunDir, check_out_folder, read_json_object
 
 # Images per scoring batch: each compiled member graph holds buffers for a whole batch of activations
 # (with flip, twice that); 16 kept an elpv ensemble of three probes at 260 px near 2 GB, not the 5.7 of 64.
@@ -76,6 +76,7 @@ def run_ensemble(config: EnsembleConfig) -> RunResult:
     config.tta = None if config.tta is None else tta_mode(config.tta)
     check_folder(config.test, "test folder")
     check_file(config.baseline, "baseline CSV")
+    check_out_folder(config.out, reads=config.runs)
     members = open_members(config.runs)  # every member checked against the others, before any writing
     baseline = load_baseline(config.baseline) if config.baseline else None
     if baseline is not None:

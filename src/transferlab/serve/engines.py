@@ -18,7 +18,7 @@ import torch
 from transferlab.card import ModelCard
 from transferlab.errors import TransferlabError
 from transferlab.inference.ensemble_network import check_ensemble
-from transferlab.inference.export import INPUT_NAME, OUTPUT_NAME, model_fingerprint
+from transferlab.inference.export import INPUT_NAME, OUTPUT_NAME, file_sha256, model_fingerprint
 from transferlab.inference.predict import load_predictor
 from transferlab.openvino_rt import ImageInput, available, compile_onnx, read_onnx_file
 from transferlab.options import tta_mode
@@ -102,6 +102,8 @@ def onnx_model_path(run_path: str | Path, tta: str | None = None) -> Path:
     (and, when `tta` is given, with that test-time augmentation in its graph)."""
     run = load_complete_run(run_path)
     path = run.model_dir / "model.onnx"
+    if path.is_symlink():
+        raise TransferlabError(f"{path}: is a link; a run's model folder holds only regular files")
     if not path.is_file():
         raise TransferlabError(
             f"{run.path}: no ONNX model ({path} is missing); run `transferlab export {run.path} --format onnx` first")
@@ -109,6 +111,11 @@ def onnx_model_path(run_path: str | Path, tta: str | None = None) -> Path:
     if not isinstance(record, dict) or record.get("source_model") != model_fingerprint(run.path):
         raise TransferlabError(
             f"{path} was not exported from this run's current model; "
+            f"run `transferlab export {run.path} --format onnx` again")
+    recorded = record.get("sha256")
+    if recorded is not None and recorded != file_sha256(path):  # exports before this field have none
+        raise TransferlabError(
+            f"{path} is not the file export.json describes (changed, damaged or exported elsewhere since); "
             f"run `transferlab export {run.path} --format onnx` again")
     if tta is not None and exported_tta(record) != tta_mode(tta):
         raise TransferlabError(
