@@ -501,8 +501,8 @@ def _auto_folder(tmp_path: Path, **state) -> tuple[Path, auto.AutoConfig]:
     config = auto.AutoConfig(data=str(tmp_path / "data"), out=str(tmp_path / "auto"))
     folder = tmp_path / "auto-real"
     folder.mkdir()
-    (folder / auto.STATE_FILE).write_text(json.dumps({"fingerprint": auto._fingerprint(config), "spent_s": 0.0,
-                                                      **state}))
+    (folder / auto.STATE_FILE).write_text(json.dumps({"fingerprint": auto._fingerprint(config), "config": {},
+                                                      "spent_s": 0.0, **state}))
     return folder, config
 
 
@@ -524,6 +524,18 @@ def test_auto_starts_afresh_where_another_command_failed_before_any_run(tmp_path
     assert state["fingerprint"] == auto._fingerprint(config) and state["spent_s"] == 0.0
     assert json.loads((folder / auto.STATE_FILE).read_text())["fingerprint"] == auto._fingerprint(config)
     assert not (folder / "throughput.json").exists()
+
+
+def test_auto_never_takes_over_a_users_folder_with_a_file_named_auto_json(tmp_path):
+    folder = tmp_path / "my-project"
+    folder.mkdir()
+    (folder / "auto.json").write_text('{"project": "mine"}')
+    (folder / "tta.json").write_text('{"mine": true}')
+    config = auto.AutoConfig(data=str(tmp_path / "data"), out=str(folder))
+    with pytest.raises(TransferlabError) as info:
+        auto._open_state(folder, config)
+    assert "not the state of a `transferlab auto`" in _one_line(info)
+    assert (folder / "auto.json").read_text() == '{"project": "mine"}' and (folder / "tta.json").is_file()
 
 
 def test_auto_refuses_a_linked_out_folder_even_to_resume(tmp_path):

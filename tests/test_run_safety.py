@@ -485,3 +485,89 @@ def test_embed_command_maps_a_run_and_a_folder(probe_run, image_folder, tmp_path
                           "--backbone", "test_resnet", "--quiet")
     assert code == 0, output
     assert any(p.suffix == ".png" for p in (tmp_path / "maps").iterdir())
+
+
+# ------------------------------------------- what each writer may write over (a second review)
+
+
+def _md5s(folder: Path) -> dict:
+    import hashlib
+
+    return {p: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_predict_csv_and_compare_page_never_write_over_a_users_file(probe_run, image_folder, tmp_path,
+                                                                    monkeypatch):
+    image = next(image_folder.rglob("*.jpg"))
+    before = _md5s(image_folder) | _md5s(probe_run)
+    for target in (image, probe_run / "model" / "model.json", tmp_path / "notes.txt"):
+        if not target.exists():
+            target.write_text("my notes")
+        before[target] = _md5s(target.parent)[target]
+        code, message = invoke("predict", probe_run, image, "--csv", target)
+        assert code == 2 and "is not an earlier predictions CSV" in message, message
+        code, message = invoke("compare", probe_run, "--html", target)
+        assert code == 2 and "is not an earlier compare page" in message, message
+    assert all(_md5s(p.parent)[p] == digest for p, digest in before.items())
+    # Their own earlier files are written over, as a re-run expects.
+    csv_file, page = tmp_path / "predictions.csv", tmp_path / "compare.html"
+    for _ in range(2):
+        assert invoke("predict", probe_run, image, "--csv", csv_file)[0] == 0
+        assert invoke("compare", probe_run, "--html", page)[0] == 0
+    monkeypatch.chdir(tmp_path)  # the default ./compare.html too
+    (tmp_path / "compare.html").write_text("<html>my own page</html>")
+    assert invoke("compare", probe_run)[0] == 2 and "my own" in (tmp_path / "compare.html").read_text()
+
+
+def test_demo_never_lays_links_over_a_users_folder(tmp_path):
+    from transferlab.data.demo import prepare_elpv_folder
+
+    mine = tmp_path / "mine"
+    (mine / "defective").mkdir(parents=True)
+    (mine / "defective" / "cell0001.png").write_bytes(b"my real image")
+    with pytest.raises(TransferlabError, match="which the demo did not lay out"):
+        prepare_elpv_folder(mine)
+    assert (mine / "defective" / "cell0001.png").read_bytes() == b"my real image"
+    assert [p.name for p in mine.iterdir()] == ["defective"]
+
+
+def test_runs_and_maps_are_never_written_inside_the_image_folder(probe_run, image_folder, tmp_path):
+    """Their PNGs would be scanned as images next time (a run inside a class folder), or a class."""
+    before = _md5s(image_folder)
+    code, message = probe(image_folder, image_folder / "circle" / "run")
+    assert code == 2 and "lies inside" in message
+    code, message = invoke("embed", image_folder, "--out", image_folder / "square", "--backbone", "test_resnet")
+    assert code == 2 and "lies inside" in message
+    image = next((image_folder / "circle").iterdir())
+    code, message = invoke("explain", probe_run, image, "--out", image_folder / "circle")
+    assert code == 2 and "which explain did not write" in message
+    code, message = invoke("embed", probe_run, "--out", tmp_path / "maps")
+    assert code == 2 and "--out is for an image folder" in message
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "embed.json").write_text("{}")
+    (mine / "notes.txt").write_text("mine")
+    code, message = invoke("explain", probe_run, image, "--out", mine)
+    assert code == 2 and "which explain did not write" in message
+    assert _md5s(image_folder) == before and sorted(p.name for p in mine.iterdir()) == ["embed.json", "notes.txt"]
+
+
+def test_lr_find_writes_only_into_its_own_or_a_new_folder(image_folder, tmp_path):
+    from transferlab.finetune.recipe import load_recipe
+    from transferlab.pipelines.finetune_config import FinetuneConfig
+    from transferlab.pipelines.lr_find import check_lr_find_folder, find_learning_rate
+
+    mine = tmp_path / "mine"
+    (mine / "plots").mkdir(parents=True)
+    (mine / "lr_find.json").write_text('{"mine": 1}')
+    (mine / "plots" / "holiday.png").write_bytes(b"photo")
+    recipe = load_recipe(None, {"backbone": "test_resnet", "resolution": 32, "precision": "fp32"})
+    with pytest.raises(TransferlabError, match="not a transferlab run"):
+        find_learning_rate(FinetuneConfig(data=str(image_folder), out=str(mine), recipe=recipe, workers=0,
+                                          progress=False))
+    assert (mine / "lr_find.json").read_text() == '{"mine": 1}'
+    with pytest.raises(TransferlabError, match="lies inside"):
+        check_lr_find_folder(image_folder / "circle", (str(image_folder),))
+    (mine / "plots" / "holiday.png").unlink()
+    (mine / "plots" / "lr_find.png").write_bytes(b"an earlier curve")
+    check_lr_find_folder(mine, (str(image_folder),))  # its own earlier files: written over

@@ -80,6 +80,26 @@ def check_file(path: str | os.PathLike | None, what: str) -> None:
         raise TransferlabError(f"{file}: {what} is not a file")
 
 
+def check_output_file(path: str | os.PathLike, what: str, marker: bytes) -> Path:
+    """An output file (a CSV, a page) goes to a new name, or over an earlier one of the same kind:
+    one whose first bytes hold `marker`. Any other file is a user's (an image, notes, a run's
+    model card) and is never written over; a link or a folder is refused too."""
+    file = Path(path).expanduser()
+    if file.is_symlink():
+        raise TransferlabError(f"{file}: is a link; give the real file for the {what}")
+    if file.is_dir():
+        raise TransferlabError(f"{file}: is a folder; give a file name for the {what}")
+    if not file.parent.is_dir():
+        raise TransferlabError(f"{file.parent}: no such folder for the {what}")
+    if file.exists():
+        with open(file, "rb") as handle:
+            head = handle.read(4096)
+        if marker not in head:
+            raise TransferlabError(f"{file}: exists and is not an earlier {what}; transferlab writes over no "
+                                   "other file: choose a new name")
+    return file
+
+
 def check_cache_dir(path: str | os.PathLike | None) -> None:
     """The feature cache folder can be created (a path under a file cannot)."""
     if not path:  # None: the default user cache, checked when opened; "": caching off

@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from transferlab import __version__
 from transferlab.atomic import write_json, write_text
@@ -141,7 +141,7 @@ def check_out_folder(path: str | Path, reads: Iterable[str | Path | None] = ()) 
     run B and then failed for want of it.
     """
     folder = Path(path)
-    _check_apart(folder, reads)
+    check_apart(folder, reads)
     if folder.is_symlink():
         raise TransferlabError(f"{folder}: is a link (to {os.path.realpath(folder)}); give the real folder as --out")
     if not folder.exists():
@@ -154,7 +154,11 @@ def check_out_folder(path: str | Path, reads: Iterable[str | Path | None] = ()) 
                            "refusing to write into it: choose a new or empty --out")
 
 
-def _check_apart(folder: Path, reads: Iterable[str | Path | None]) -> None:
+def check_apart(folder: str | Path, reads: Iterable[str | Path | None]) -> None:
+    """Refuse an output folder that is, holds or lies inside something the command reads: an input
+    run or weights (cleared before they are read), or the image folder (a run's plots inside it
+    would be scanned as images next time, and a folder inside a class folder becomes a class)."""
+    folder = Path(folder)
     out = Path(os.path.realpath(folder))
     for source in reads:
         if source is None:
@@ -162,8 +166,27 @@ def _check_apart(folder: Path, reads: Iterable[str | Path | None]) -> None:
         read = Path(os.path.realpath(source))
         if out == read or out in read.parents or read in out.parents:
             relation = "is" if out == read else "holds" if out in read.parents else "lies inside"
-            raise TransferlabError(f"{folder}: --out {relation} {source}, which this command reads (a run "
-                                   "folder is cleared before it is written): choose an --out apart from it")
+            raise TransferlabError(f"{folder}: --out {relation} {source}, which this command reads: choose an "
+                                   "--out apart from its inputs (runs, weights, image folders)")
+
+
+def check_output_folder(folder: str | Path, what: str, ours: Callable[[Path], bool],
+                        reads: Iterable[str | Path | None] = ()) -> None:
+    """A folder a command writes its own named files into (explain's overlays, embed's maps): new,
+    empty, or holding only such files (`ours`), and apart from what it reads. Anything else there
+    is a user's: same-named files would be replaced, and PNGs in an image folder become images."""
+    folder = Path(folder)
+    check_apart(folder, reads)
+    if folder.is_symlink():
+        raise TransferlabError(f"{folder}: is a link; give the real folder as --out")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise TransferlabError(f"{folder}: exists and is not a folder; choose another --out")
+    foreign = next((p for p in folder.iterdir() if p.is_symlink() or not ours(p)), None)
+    if foreign is not None:
+        raise TransferlabError(f"{folder}: holds {foreign.name}, which {what} did not write; refusing to write "
+                               "into it: choose a new or empty --out")
 
 
 MEMBER_KINDS = ("probe", "finetune")  # what an ensemble may combine

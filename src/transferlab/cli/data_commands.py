@@ -123,7 +123,8 @@ def rank(
 def embed(
     source: Annotated[Path, typer.Argument(help="A run folder (probe; or fine-tuned: its penultimate features), "
                                                 "or an image folder (then --out is needed).")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the run's plots/).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder for the maps of an image folder (a run's "
+                                                     "maps go to its plots/).")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone for an image folder.")] = "tf_efficientnet_lite0",
     methods: Annotated[str, typer.Option(help="Comma-separated: pca, umap, tsne (UMAP compiles on first use).")] = "pca,umap,tsne",
     max_points: Annotated[int, typer.Option(help="Above this, a seeded random subset is mapped.")] = 5000,
@@ -143,9 +144,15 @@ def embed(
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     common = {"methods": chosen, "seed": seed, "max_points": max_points, "progress": not quiet, "three_d": three_d}
     if (source / "run.json").is_file():
+        if out is not None:
+            raise TransferlabError(f"{source}: a run's maps go to its plots/ folder; --out is for an image folder")
         result = embed_run(source, EmbedSettings(**common))
     else:
         if out is None:
             raise TransferlabError(f"{source}: not a run folder; give --out for the maps of an image folder")
+        from transferlab.runs import check_output_folder
+
+        check_output_folder(out, "embed", lambda p: p.is_file() and p.name.startswith("embed")
+                            and p.suffix in (".png", ".json", ".html"), reads=(source,))
         result = embed_data(source, out, FolderEmbedSettings(backbone=backbone, **common))
     typer.echo(result.summary_text())

@@ -6,6 +6,9 @@ from rich.table import Table
 
 from transferlab.cli.app import console, err_console
 
+# The first line of `predict --csv`: how an earlier one is told from a user's file it must not overwrite.
+PREDICTIONS_HEADER = "path,predicted,probability,error,top"
+
 
 def print_stage(stage: dict) -> None:
     console.print(f"stage {stage['index']} ({stage['train']}): {stage['epochs_run']} epochs, "

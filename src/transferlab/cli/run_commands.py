@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from transferlab.cli.app import app, console, err_console
-from transferlab.cli.output import csv_text
+from transferlab.cli.output import PREDICTIONS_HEADER, csv_text
 from transferlab.errors import TransferlabError
-from transferlab.options import TTA_HELP, check_folder, check_int, tta_mode
+from transferlab.options import TTA_HELP, check_folder, check_int, check_output_file, tta_mode
 
 
 @app.command()
@@ -31,6 +31,8 @@ def predict(
     """
     check_int("--top-k", top_k, 1)
     tta = None if tta is None else tta_mode(tta)
+    if csv_out is not None:  # before any work: never over an image, a model card or a user's file
+        check_output_file(csv_out, "predictions CSV", PREDICTIONS_HEADER.encode())
     from transferlab.data.inputs import expand_inputs
 
     paths = expand_inputs(images)
@@ -51,7 +53,7 @@ def predict(
     if csv_out is not None:
         from transferlab.atomic import write_text
 
-        write_text(csv_out, csv_text(["path", "predicted", "probability", "error", "top"], predictions_csv(results)))
+        write_text(csv_out, csv_text(PREDICTIONS_HEADER.split(","), predictions_csv(results)))
         err_console.print(f"{len(results)} predictions written to {csv_out}", highlight=False, markup=False)
     if failed:
         raise typer.Exit(1)
@@ -74,6 +76,15 @@ def explain(
     out_dir = out or run / "explain"
     if out_dir.is_symlink():  # RUN/explain of a handed-over run may point at any folder of the user's
         raise TransferlabError(f"{out_dir}: is a link; explain writes only into a real folder (give --out)")
+    from transferlab.runs import MEMBER_NAME, check_output_folder
+
+    def own(path: Path) -> bool:  # NNN_<image>_<method>.png, and an ensemble's m00/, m01/, ...
+        return (path.is_file() and path.suffix == ".png" and path.name[:3].isdigit()) or (
+            path.is_dir() and MEMBER_NAME.fullmatch(path.name) is not None)
+
+    check_output_folder(out_dir, "explain", own)
+    if out_dir.resolve() in {p.resolve().parent for p in images}:  # overlays would become images of that class
+        raise TransferlabError(f"{out_dir}: is the folder of images being explained; choose another --out")
     failed = 0
     for member, explainer in member_explainers(run):  # an ensemble: each member in its own folder
         label = f"[{member}] " if member else ""
@@ -94,8 +105,9 @@ def compare(
     html: Annotated[Path, typer.Option(help="Where to write the sortable HTML table.")] = Path("compare.html"),
 ):
     """One results table across runs: backbone, method, resolution, time, accuracy, macro F1, per-class F1."""
-    from transferlab.insight.compare import compare_runs
+    from transferlab.insight.compare import COMPARE_MARKER, compare_runs
 
+    check_output_file(html, "compare page", COMPARE_MARKER)
     comparison = compare_runs(runs)
     for warning in comparison.warnings:
         err_console.print(f"warning: {warning}", highlight=False, markup=False)

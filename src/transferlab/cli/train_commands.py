@@ -200,6 +200,7 @@ def demo(
     from transferlab.data.demo import prepare_elpv_folder
     from transferlab.pipelines.probe import ProbeConfig, run_probe
 
+    check_out_folder(out, reads=(data_dir,))  # before the links are laid out
     folder = prepare_elpv_folder(data_dir)
     console.print(f"demo data: {folder} (elpv-dataset: solar cells, 4 defect-probability classes)", highlight=False)
     print_probe_result(run_probe(ProbeConfig(data=str(folder), out=str(out), progress=not quiet)))

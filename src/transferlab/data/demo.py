@@ -35,6 +35,7 @@ def prepare_elpv_folder(dest: str | os.PathLike) -> Path:
     if not labels.is_file():
         raise TransferlabError(f"{labels}: elpv-dataset labels file not found; reinstall elpv-dataset")
     root = Path(dest)
+    check_demo_folder(root)
     with open(labels, encoding="utf-8") as handle:
         rows = [line.split() for line in handle if line.strip()]
     for relative, probability, *_ in rows:
@@ -43,7 +44,25 @@ def prepare_elpv_folder(dest: str | os.PathLike) -> Path:
         if link.is_symlink() and link.resolve() == image.resolve():
             continue
         link.parent.mkdir(parents=True, exist_ok=True)
-        if link.exists() or link.is_symlink():
+        if link.is_symlink():  # an earlier demo's link (check_demo_folder let nothing else through)
             link.unlink()
         link.symlink_to(image)
     return root
+
+
+def check_demo_folder(root: Path) -> None:
+    """The demo lays out links in a new or empty folder, or refreshes its own earlier layout: class
+    folders of links. Anything else there is a user's (real images, other classes) and is left
+    alone: laying links over it would replace their files and add classes to their data."""
+    if root.is_symlink():
+        raise TransferlabError(f"{root}: is a link; give the real folder as --data-dir")
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise TransferlabError(f"{root}: exists and is not a folder; choose another --data-dir")
+    for entry in root.iterdir():
+        ours = entry.name in ELPV_CLASSES.values() and entry.is_dir() and not entry.is_symlink()
+        foreign = entry if not ours else next((f for f in entry.iterdir() if not f.is_symlink()), None)
+        if foreign is not None:
+            raise TransferlabError(f"{root}: holds {foreign.name if foreign is entry else foreign}, which the demo "
+                                   "did not lay out; choose a new or empty --data-dir")

@@ -54,7 +54,7 @@ from transferlab.pipelines.auto_steps import (
     tta_step,
 )
 from transferlab.report.baseline import load_baseline
-from transferlab.runs import read_json_object
+from transferlab.runs import check_apart, read_json_object
 
 PACKAGED = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 STATE_FILE = "auto.json"
@@ -108,6 +108,7 @@ def run_auto(config: AutoConfig) -> AutoResult:
     if config.baseline:
         load_baseline(config.baseline)  # a malformed CSV too (its classes are checked by the first probe)
     out = Path(config.out)
+    check_apart(out, (config.data, config.test))
     state = _open_state(out, config)
     budget = Budget(config.budget_s, spent=float(state.get("spent_s", 0.0)))
     log = PlanLog(out / "plan.md", f"transferlab auto: {Path(config.data).name}, budget "
@@ -308,6 +309,9 @@ def _open_state(out: Path, config: AutoConfig) -> dict:
         raise TransferlabError(f"{out}: is a link; give the real folder as --out")
     if path.is_file():
         state = read_json_object(path, "auto state")
+        if not (isinstance(state.get("fingerprint"), str) and isinstance(state.get("config"), dict)):
+            raise TransferlabError(f"{path}: is not the state of a `transferlab auto` (no fingerprint and config); "
+                                   "refusing to write into its folder: choose a new --out")
         if state.get("fingerprint") != fingerprint and not _started_a_run(out):
             return _fresh_state(out, config, fingerprint)  # e.g. a one-class folder, given again fixed
         if state.get("fingerprint") != fingerprint:

@@ -93,7 +93,7 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> RunResult:
     check_file(config.baseline, "baseline CSV")
     check_file(config.exclude, "exclude list")
     if not resume:
-        check_out_folder(config.out, reads=(weights_file(config.recipe.weights),))
+        check_out_folder(config.out, reads=(weights_file(config.recipe.weights), config.data, config.test))
     baseline = load_baseline(config.baseline) if config.baseline else None
     setup = prepare_training(config)
     if baseline is not None:

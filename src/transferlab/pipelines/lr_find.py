@@ -43,6 +43,29 @@ from transferlab.pipelines.finetune import TrainingSetup, prepare_training
 from transferlab.pipelines.finetune_config import FinetuneConfig
 from transferlab.plotting import plt
 from transferlab.plotting import save_figure as _save
+from transferlab.runs import check_apart, check_out_folder
+
+
+LR_FIND_FILES = {"lr_find.json": None, "plots": {"lr_find.png"}}  # what the range test writes
+
+
+def check_lr_find_folder(out: str | Path, reads: tuple) -> None:
+    """The range test writes lr_find.json and plots/lr_find.png: into a new or empty folder, a run
+    folder, or over its own earlier ones; never into a user's folder or the image folder."""
+    folder = Path(out)
+    check_apart(folder, reads)
+    if folder.is_dir() and not folder.is_symlink() and all(_own_lr_file(p) for p in folder.iterdir()):
+        return
+    check_out_folder(folder)
+
+
+def _own_lr_file(path: Path) -> bool:
+    if path.is_symlink() or path.name not in LR_FIND_FILES:
+        return False
+    inside = LR_FIND_FILES[path.name]
+    if inside is None:
+        return path.is_file()
+    return path.is_dir() and all(p.name in inside and p.is_file() and not p.is_symlink() for p in path.iterdir())
 
 
 @dataclass
@@ -63,6 +86,7 @@ def find_learning_rate(config: FinetuneConfig, min_lr: float = 1e-6, max_lr: flo
         raise TransferlabError(f"the learning-rate range must satisfy 0 < min < max, got {min_lr} .. {max_lr}")
     if steps < 20:
         raise TransferlabError(f"--lr-find-steps must be at least 20 (the suggestion skips the first 10), got {steps}")
+    check_lr_find_folder(config.out, (config.data, config.test))
     setup = prepare_training(config)
     stage, trainable = setup.stages[0], setup.trainables[0]
     module, loader, level = _first_stage(config, setup)

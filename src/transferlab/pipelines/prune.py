@@ -45,7 +45,7 @@ from transferlab.pipelines.finetune_state import STATE_FILE
 from transferlab.pipelines.prune_source import fingerprint_source, save_source_weights, source_state
 from transferlab.pipelines.settings import slug
 from transferlab.report.prune_report import CSV_COLUMNS, csv_rows, latency_ms, render_prune_report
-from transferlab.runs import read_json_object, run_status
+from transferlab.runs import check_apart, read_json_object, run_status
 
 PRUNE_FILE = "prune.json"
 
@@ -131,6 +131,7 @@ def run_prune(config: PruneConfig) -> PruneResult:
     cuts = plan_cuts(config.recipe, config.keep)  # every --keep name and stage, before any image is read
     out = Path(config.out)
     source = source_state(config.from_run) if config.from_run is not None else None  # a pruned run: refused here
+    check_apart(out, (config.data, config.test, config.from_run))
     state = _open_prune(out, _fingerprint(config), config.recipe.backbone)
     if source is not None:
         weights = save_source_weights(source, out)

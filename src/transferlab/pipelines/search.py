@@ -52,7 +52,7 @@ from transferlab.pipelines.search_space import (
 from transferlab.pipelines.search_trials import GlobalEpochPruning, StaleTrial, TrialSeededTPE, trial_folder_name
 from transferlab.pipelines.settings import apply_to_recipe, recipe_as_dict, value_label
 from transferlab.report.search_report import trial_cells, trials_table, write_csv, write_search_report
-from transferlab.runs import RunDir
+from transferlab.runs import RunDir, check_apart
 from transferlab.safe_yaml import dump_yaml
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -102,6 +102,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     base = _base_recipe(config, space)
     out = Path(config.out)
     storage = storage_spec(config.storage, out)
+    check_apart(out, (config.data, config.test))
     check_same_search(check_search_folder(out), out, config.study_name, storage.shown)
     out.mkdir(parents=True, exist_ok=True)
     _write_record(out, config, storage.shown, status="running")

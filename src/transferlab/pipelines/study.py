@@ -28,7 +28,7 @@ from transferlab.pipelines.probe import ProbeConfig, run_probe
 from transferlab.pipelines.settings import apply_to_probe, apply_to_recipe
 from transferlab.pipelines.study_spec import StudySpec, Variant, base_recipe, base_values, check_variants, plan_variants
 from transferlab.report.study_report import render_study_report
-from transferlab.runs import read_json_object, run_status
+from transferlab.runs import check_apart, read_json_object, run_status
 from transferlab.safe_yaml import dump_yaml
 
 STUDY_FILE = "study.json"
@@ -72,6 +72,7 @@ def run_study(config: StudyConfig) -> StudyResult:
     check_variants(spec, variants)  # every recipe valid before the first run
     plan = _Plan(variants, [(v, seed) for seed in spec.seeds for v in variants])
     out = Path(config.out)
+    check_apart(out, (spec.data, spec.test))
     state = _open_study(out, spec, variants)
     try:
         finished, failed, skipped = _run_all(config, plan, out, state)
