@@ -474,6 +474,11 @@ def test_write_exclude_never_overwrites_a_user_file(tmp_path: Path, root: Path) 
         assert victim.read_bytes() == before
     with pytest.raises(TransferlabError, match="not a file"):
         report.write_exclude(root)
+    link = tmp_path / "exclude-link.txt"
+    link.symlink_to(tmp_path / "nowhere.txt")  # a dangling link: the write would replace the link itself
+    with pytest.raises(TransferlabError, match="is a link"):
+        report.write_exclude(link)
+    assert link.is_symlink()
 
 
 def test_doctor_with_missing_exclude_list_fails_in_one_line(tmp_path: Path, root: Path) -> None:

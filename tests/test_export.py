@@ -97,7 +97,7 @@ def test_export_never_writes_over_a_users_file_or_into_a_folder(run_dir, onnx_fi
     monkeypatch.setattr(export_module, "_sample_inputs", lambda *a: pytest.fail("checked only after work"))
     mine = tmp_path / "notes.txt"
     mine.write_text("keep me")
-    with pytest.raises(TransferlabError, match="exists and is not this run's earlier onnx export"):
+    with pytest.raises(TransferlabError, match="exists and is not an earlier onnx export of this run"):
         export_run(run_dir, "onnx", out=mine)
     assert mine.read_text() == "keep me"
     with pytest.raises(TransferlabError, match="is a folder"):

@@ -571,3 +571,10 @@ def test_lr_find_writes_only_into_its_own_or_a_new_folder(image_folder, tmp_path
     (mine / "plots" / "holiday.png").unlink()
     (mine / "plots" / "lr_find.png").write_bytes(b"an earlier curve")
     check_lr_find_folder(mine, (str(image_folder),))  # its own earlier files: written over
+
+
+def test_a_feature_cache_inside_the_image_folder_is_refused(image_folder):
+    """Its features/ folder became a fourth class, of no images, on the next scan."""
+    code, message = probe(image_folder, image_folder.parent / "run", "--cache-dir", image_folder)
+    assert code == 2 and "feature cache would lie inside the image folder" in message
+    assert sorted(p.name for p in image_folder.iterdir()) == ["circle", "dome(inner)", "square"]

@@ -273,6 +273,29 @@ def test_a_foreign_or_changed_study_is_refused(files, tmp_path):
         run_search(config(files, tmp_path / "d", storage=f"sqlite:///{db}", study_name="ours", seed=1))
 
 
+def test_a_journal_of_other_lines_is_refused_and_left_as_it_was(files, tmp_path):
+    """Optuna appends its first operation to any file it is given: a user's notes got a JSON line."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not JSON lines\n")
+    with pytest.raises(TransferlabError, match="not an Optuna journal file") as info:
+        run_search(config(files, tmp_path / "search", trials=1, storage=f"journal:{notes}"))
+    assert "\n" not in str(info.value) and notes.read_text() == "my notes, not JSON lines\n"
+    assert not (tmp_path / "search").exists()  # refused before the search folder is made
+
+
+def test_a_search_that_fails_says_failed_not_running(files, tmp_path, monkeypatch):
+    import transferlab.pipelines.search as search_module
+
+    def broken(*args, **kwargs):
+        raise TransferlabError("the study cannot be opened")
+
+    monkeypatch.setattr(search_module, "open_study", broken)
+    with pytest.raises(TransferlabError, match="cannot be opened"):
+        run_search(config(files, tmp_path / "search", trials=1))
+    record = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "the study cannot be opened"
+
+
 def test_a_bad_storage_is_one_line_without_the_password(files, tmp_path):
     with pytest.raises(TransferlabError, match="--storage: not a database URL"):
         run_search(config(files, tmp_path / "a", storage="my database"))

@@ -8,6 +8,7 @@ of import time. The pipelines run the same checks for callers of the Python API.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from transferlab.errors import TransferlabError
@@ -80,9 +81,9 @@ def check_file(path: str | os.PathLike | None, what: str) -> None:
         raise TransferlabError(f"{file}: {what} is not a file")
 
 
-def check_output_file(path: str | os.PathLike, what: str, marker: bytes) -> Path:
-    """An output file (a CSV, a page) goes to a new name, or over an earlier one of the same kind:
-    one whose first bytes hold `marker`. Any other file is a user's (an image, notes, a run's
+def check_output_file(path: str | os.PathLike, what: str, ours: Callable[[Path], bool]) -> Path:
+    """An output file (a CSV, a page, an export) goes to a new name, or over an earlier one of the
+    same kind (`ours`, e.g. `holds_marker`). Any other file is a user's (an image, notes, a run's
     model card) and is never written over; a link or a folder is refused too."""
     file = Path(path).expanduser()
     if file.is_symlink():
@@ -91,20 +92,32 @@ def check_output_file(path: str | os.PathLike, what: str, marker: bytes) -> Path
         raise TransferlabError(f"{file}: is a folder; give a file name for the {what}")
     if not file.parent.is_dir():
         raise TransferlabError(f"{file.parent}: no such folder for the {what}")
-    if file.exists():
-        with open(file, "rb") as handle:
-            head = handle.read(4096)
-        if marker not in head:
-            raise TransferlabError(f"{file}: exists and is not an earlier {what}; transferlab writes over no "
-                                   "other file: choose a new name")
+    if file.exists() and not ours(file):
+        raise TransferlabError(f"{file}: exists and is not an earlier {what}; transferlab writes over no "
+                               "other file: choose a new name")
     return file
 
 
-def check_cache_dir(path: str | os.PathLike | None) -> None:
-    """The feature cache folder can be created (a path under a file cannot)."""
+def holds_marker(marker: bytes) -> Callable[[Path], bool]:
+    """Whether a file's first 4 KiB hold `marker` (a CSV's header, a page's generator tag)."""
+    def ours(file: Path) -> bool:
+        with open(file, "rb") as handle:
+            return marker in handle.read(4096)
+
+    return ours
+
+
+def check_cache_dir(path: str | os.PathLike | None, data: str | os.PathLike | None = None) -> None:
+    """The feature cache folder can be created (a path under a file cannot), and lies outside the
+    image folder `data` (its features/ subfolder would be scanned as a class of no images)."""
     if not path:  # None: the default user cache, checked when opened; "": caching off
         return
     folder = Path(path).expanduser()
+    if data is not None:
+        inside, images = Path(os.path.realpath(folder)), Path(os.path.realpath(data))
+        if inside == images or images in inside.parents:
+            raise TransferlabError(f"{folder}: the feature cache would lie inside the image folder {data}; "
+                                   "give a --cache-dir outside it")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

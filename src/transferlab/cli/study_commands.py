@@ -48,7 +48,7 @@ def study(
 ):
     spec = _spec(target, data, vary, recipe, mode, seeds, factorial, test, baseline, set_ or [])
     check_file(exclude, "exclude list")
-    check_cache_dir(cache_dir)
+    check_cache_dir(cache_dir, spec.data)
     run_dir = out or Path("runs") / f"study-{Path(spec.data).resolve().name}-" \
                                     f"{'-'.join(f.key for f in spec.factors)}"
 

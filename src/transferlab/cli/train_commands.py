@@ -80,7 +80,7 @@ def probe(
     check_training_options(seed=seed, resolution=resolution, batch_size=batch_size, workers=workers,
                            val_fraction=val_fraction, per_class=per_class, precision=precision)
     check_int("--train-per-class", train_per_class, 1)
-    check_cache_dir(cache_dir)
+    check_cache_dir(cache_dir, data)
     check_out_folder(run_dir)
 
     from transferlab.features.extract import default_workers

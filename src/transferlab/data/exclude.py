@@ -115,6 +115,8 @@ def _entry(path: Path, root: Path) -> str:
 def write_exclude_file(path: str | os.PathLike, sections: list[tuple[str, list[Path]]], root: Path) -> None:
     """Write an exclude list atomically; never overwrite a file that is not one (no user file is lost)."""
     target = Path(path)
+    if target.is_symlink():  # the atomic write would replace the link itself with a file
+        raise TransferlabError(f"{target}: is a link; give the real file as the exclude list")
     if target.exists():
         if not target.is_file():
             raise TransferlabError(f"{target}: exists and is not a file; choose another exclude list name")

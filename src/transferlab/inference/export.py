@@ -30,7 +30,7 @@ from transferlab.errors import TransferlabError
 from transferlab.inference.openvino_check import openvino_check
 from transferlab.inference.probe_network import WithSoftmax
 from transferlab.inference.run_network import RunNetwork, load_run_network
-from transferlab.options import tta_mode
+from transferlab.options import check_output_file, tta_mode
 from transferlab.runs import RunDir, load_complete_run, open_member, open_run, read_json_object
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -243,16 +243,7 @@ def _check_target(run: RunDir, fmt: str, target: Path) -> Path:
     run's own earlier export of `fmt` (its default file, or the one export.json names). Anything
     else that exists is a user's file, never written over; a link is refused, as it would write
     wherever it points."""
-    if target.is_symlink():
-        raise TransferlabError(f"{target}: is a link; give the real file as --out")
-    if target.is_dir():
-        raise TransferlabError(f"{target}: is a folder; give a file name as --out (e.g. {target / FORMATS[fmt]})")
-    if not target.parent.is_dir():
-        raise TransferlabError(f"{target.parent}: no such folder for --out")
-    if target.exists() and target.resolve() not in _earlier_exports(run, fmt):
-        raise TransferlabError(f"{target}: exists and is not this run's earlier {fmt} export; transferlab writes "
-                               "over no other file: choose a new --out")
-    return target
+    return check_output_file(target, f"{fmt} export of this run", lambda f: f.resolve() in _earlier_exports(run, fmt))
 
 
 def _earlier_exports(run: RunDir, fmt: str) -> set[Path]:

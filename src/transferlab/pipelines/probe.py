@@ -95,7 +95,7 @@ def _validate(config: ProbeConfig) -> None:
     check_choice("--pool", config.pool, POOLS)
     config.engine = config.engine or default_engine()
     check_choice("--engine", config.engine, tuple(ENGINES))
-    check_cache_dir(config.cache_dir)
+    check_cache_dir(config.cache_dir, config.data)
     check_out_folder(config.out, reads=(config.from_run, weights_file(config.weights), config.data, config.test))
     config.layers = list(parse_layers(config.layers))
     if config.from_run is not None:

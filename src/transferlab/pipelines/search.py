@@ -115,6 +115,9 @@ def run_search(config: SearchConfig) -> SearchResult:
             search = _Search(config, out, space, base, storage)
             stopped_by = search.run()
             return _finish(search, stopped_by)
+    except Exception as exc:  # search.json must not say "running" for a search that stopped (Ctrl-C: run())
+        _write_record(out, config, storage.shown, status="failed", error=one_line(exc))
+        raise
     finally:
         optuna.logging.set_verbosity(verbosity)
 

@@ -296,6 +296,7 @@ def storage_spec(storage: str | None, out: str | Path) -> StorageSpec:
     text = storage.strip()
     if text.startswith("journal:") and text.removeprefix("journal:"):
         path = Path(text.removeprefix("journal:")).expanduser().resolve()
+        _check_journal(path)
         return StorageSpec("journal", str(path), f"journal:{path}")
     try:
         url = sqlalchemy.engine.make_url(text)
@@ -306,6 +307,25 @@ def storage_spec(storage: str | None, out: str | Path) -> StorageSpec:
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the driver we ship is psycopg2.
         url = url.set(drivername="postgresql+psycopg2")
     return StorageSpec("rdb", url.render_as_string(hide_password=False), url.render_as_string(hide_password=True))
+
+
+def _check_journal(path: Path) -> None:
+    """A journal file is new, empty, or Optuna's (JSON lines of operations): Optuna appends to any
+    file it is given, and a user's notes must not get a line of JSON."""
+    if path.is_dir():
+        raise TransferlabError(f"--storage journal:{path}: is a folder; give a file name")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as handle:
+        first = handle.readline(65536)
+    try:
+        value = json.loads(first)
+    except ValueError:
+        value = None
+    ours = isinstance(value, dict) and "op_code" in value
+    if not ours:
+        raise TransferlabError(f"--storage journal:{path}: not an Optuna journal file; give a new file name or an "
+                               "earlier search's journal")
 
 
 def check_same_search(record: dict | None, out: str | Path, study_name: str, shown: str) -> None:
@@ -335,6 +355,11 @@ def open_study(storage: StorageSpec, study_name: str, make_backend, sampler, pru
                                        sampler=sampler, pruner=pruner, load_if_exists=True)
         except ImportError as exc:
             raise TransferlabError(f"--storage {storage.shown}: no database driver ({one_line(exc)})") from None
+        except ValueError as exc:  # a journal file of other lines (JSONDecodeError is a ValueError)
+            if storage.kind != "journal":
+                raise
+            raise TransferlabError(f"--storage {storage.shown}: not an Optuna journal file ({one_line(exc)}); "
+                                   "give a new file name or an earlier search's journal") from None
         except sqlalchemy.exc.SQLAlchemyError as exc:
             if attempt == 4 or not isinstance(exc, races):
                 raise TransferlabError(f"--storage {storage.shown}: cannot open the study "
