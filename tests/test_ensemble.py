@@ -353,3 +353,25 @@ def test_without_openvino_an_explicit_openvino_engine_is_refused_before_any_work
     with pytest.raises(TransferlabError) as info:
         _ensemble(members, tmp_path / "ov", engine="openvino")
     assert "not installed" in _one_line(info) and not (tmp_path / "ov").exists()
+
+
+def test_the_gain_over_the_best_member_counts_images_not_rounded_figures(mean_run):
+    """A review saw 2 images in 32 reported as -6.26 points: the difference of two 4-digit figures."""
+    table = json.loads((mean_run / "metrics.json").read_text())["ensemble"]
+    n = json.loads((mean_run / "metrics.json").read_text())["val"]["n"]
+    images = table["gain_over_best_member"] * n
+    assert abs(images - round(images)) < 1e-4  # a whole number of images
+    best = next(m for m in table["members"] if m["member"] == table["best_member"])
+    assert table["gain_over_best_member"] == pytest.approx(
+        table["ensemble"]["val"]["accuracy"] - best["val"]["accuracy"], abs=2e-4)
+
+
+def test_the_cli_says_what_scored_the_members(members, tmp_path):
+    from typer.testing import CliRunner
+
+    from transferlab.cli import app
+
+    result = CliRunner().invoke(app, ["ensemble", *map(str, members), "--engine", "torch", "--quiet",
+                                      "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "scored with: torch fp32" in result.output

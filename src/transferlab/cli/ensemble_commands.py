@@ -72,6 +72,7 @@ def ensemble(
     table = result.metrics["ensemble"]
     console.print(f"[bold]members[/bold]: {result.summary['members']}", highlight=False)
     console.print(f"[bold]combination[/bold]: {result.summary['combination']}", highlight=False)
+    console.print(f"[bold]scored with[/bold]: {result.summary['scored with']}", highlight=False)
     best = next(r for r in table["members"] if r["member"] == table["best_member"])
     console.print(f"best member {best['member']} val accuracy {best['val']['accuracy']:.4f}; ensemble "
                   f"{table['ensemble']['val']['accuracy']:.4f} ({table['gain_over_best_member'] * 100:+.2f} points)",

@@ -170,6 +170,10 @@ def _accuracy(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
 
 
+def _unrounded(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(np.mean(probs.argmax(axis=1) == labels)) if len(labels) else 0.0
+
+
 def _member_table(members: Members, scored: dict, splits: list[SplitPredictions], combination: Combination,
                   folds: int) -> dict:
     """Each member on the ensemble's images, its own run's figure, and the ensemble against the best."""
@@ -183,10 +187,15 @@ def _member_table(members: Members, scored: dict, splits: list[SplitPredictions]
             row[split] = _accuracy(scored[split].labels, scored[split].member_probs[i], members.classes)
         rows.append(row)
     ensemble = {s.name: _accuracy(s.labels, s.probabilities, members.classes) for s in splits}
-    best = max(rows, key=lambda r: r["val"]["accuracy"])
+    best_index = max(range(len(rows)), key=lambda i: rows[i]["val"]["accuracy"])
+    best = rows[best_index]
+    # From the unrounded accuracies: 0.7188 - 0.7812 (the 4-digit figures of 23/32 and 25/32) is
+    # 6.24 points, where the true difference of 2 images in 32 is 6.25.
+    val = scored["val"]
+    gain = _unrounded(val.labels, splits[0].probabilities) - _unrounded(val.labels, val.member_probs[best_index])
     return {"method": combination.method, "folds": folds, "members": rows, "ensemble": ensemble,
             "best_member": best["member"],
-            "gain_over_best_member": ensemble["val"]["accuracy"] - best["val"]["accuracy"],
+            "gain_over_best_member": round(gain, 6),
             "val_is": "out-of-fold" if folds else "the plain mean (nothing fitted)"}
 
 
