@@ -106,8 +106,8 @@ def test_export_never_writes_over_a_users_file_or_into_a_folder(run_dir, onnx_fi
     link.symlink_to(onnx_file)
     with pytest.raises(TransferlabError, match="is a link"):
         export_run(run_dir, "onnx", out=link)
-    with pytest.raises(TransferlabError, match="no such folder"):
-        export_run(run_dir, "onnx", out=tmp_path / "missing" / "m.onnx")
+    with pytest.raises(TransferlabError, match="is not a folder"):
+        export_run(run_dir, "onnx", out=mine / "sub" / "m.onnx")
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(TransferlabError, match="--tolerance"):
             export_run(run_dir, "onnx", tolerance=bad)

@@ -451,23 +451,29 @@ def test_a_probe_or_fine_tune_never_clears_the_weights_it_loads(probe_run, image
     assert weights.read_bytes() == kept and json.loads((run / "run.json").read_text())["status"] == "complete"
 
 
-@pytest.mark.parametrize("linked", ["model", "model/model.json", "model/backbone.safetensors"])
-def test_a_linked_model_folder_or_file_is_refused_and_nothing_is_written_through_it(probe_run, tmp_path,
-                                                                                    linked):
+def test_export_never_writes_through_a_linked_model_folder(probe_run, tmp_path):
     """A review found `export` writing model.onnx into the run a linked model/ pointed at."""
     from transferlab.inference.export import export_run
 
     elsewhere = _copy(probe_run, tmp_path / "other")
     run = _copy(probe_run, tmp_path)
-    victim = run / linked
-    shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
-    victim.symlink_to(elsewhere / linked)
+    shutil.rmtree(run / "model")
+    (run / "model").symlink_to(elsewhere / "model")
     before = sorted(p.name for p in (elsewhere / "model").iterdir())
-    with pytest.raises(TransferlabError, match="is a link"):
-        load_predictor(run)
     with pytest.raises(TransferlabError, match="is a link"):
         export_run(run, "onnx")
     assert sorted(p.name for p in (elsewhere / "model").iterdir()) == before
+
+
+def test_a_run_whose_model_files_are_links_still_predicts(probe_run, image_folder, tmp_path):
+    """DVC's and git-annex's caches keep a run's files as links: reading through them is allowed."""
+    store = _copy(probe_run, tmp_path / "store")
+    run = _copy(probe_run, tmp_path)
+    for file in (run / "model").iterdir():
+        file.unlink()
+        file.symlink_to(store / "model" / file.name)
+    prediction = load_predictor(run).predict_paths([next(image_folder.rglob("*.jpg"))])[0]
+    assert prediction.error is None
 
 
 def test_a_huge_sparse_model_card_is_refused_without_reading_it(probe_run, tmp_path, image_folder):
@@ -509,8 +515,14 @@ def test_predict_csv_and_compare_page_never_write_over_a_users_file(probe_run, i
         code, message = invoke("compare", probe_run, "--html", target)
         assert code == 2 and "is not an earlier compare page" in message, message
     assert all(_md5s(p.parent)[p] == digest for p, digest in before.items())
+    quoting = tmp_path / "quoting.txt"  # notes that quote the header are still notes
+    quoting.write_text("my notes\npath,predicted,probability,error,top\n")
+    assert invoke("predict", probe_run, image, "--csv", quoting)[0] == 2
+    old_page = tmp_path / "old-compare.html"  # a page written before the generator tag
+    old_page.write_text("<!DOCTYPE html>\n<html><head><title>transferlab compare: 2 runs</title>")
+    assert invoke("compare", probe_run, "--html", old_page)[0] == 0
     # Their own earlier files are written over, as a re-run expects.
-    csv_file, page = tmp_path / "predictions.csv", tmp_path / "compare.html"
+    csv_file, page = tmp_path / "new" / "predictions.csv", tmp_path / "new" / "compare.html"  # folder made
     for _ in range(2):
         assert invoke("predict", probe_run, image, "--csv", csv_file)[0] == 0
         assert invoke("compare", probe_run, "--html", page)[0] == 0
@@ -550,6 +562,25 @@ def test_runs_and_maps_are_never_written_inside_the_image_folder(probe_run, imag
     code, message = invoke("explain", probe_run, image, "--out", mine)
     assert code == 2 and "which explain did not write" in message
     assert _md5s(image_folder) == before and sorted(p.name for p in mine.iterdir()) == ["embed.json", "notes.txt"]
+
+
+def test_the_checks_see_through_a_tilde_and_an_ensemble_stays_out_of_its_images(probe_run, tmp_path,
+                                                                                 monkeypatch):
+    """A review: '~/data' (quoted: not expanded by the shell) slipped past; an ensemble wrote into
+    the image folder its members split."""
+    from transferlab.pipelines.ensemble import EnsembleConfig, run_ensemble
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = tmp_path / "data"
+    shutil.copytree(probe_run.parent / "data", data)
+    code, message = probe("~/data", data / "runz")
+    assert code == 2 and "lies inside" in message
+    first, second = _copy(probe_run, tmp_path / "a"), _copy(probe_run, tmp_path / "b")
+    root = Path(json.loads((probe_run / "split.json").read_text())["root"])
+    with pytest.raises(TransferlabError, match="lies inside"):
+        run_ensemble(EnsembleConfig(runs=[str(first), str(second)], out=str(root / "ens"), workers=0,
+                                    progress=False))
+    assert not (root / "ens").exists()
 
 
 def test_lr_find_writes_only_into_its_own_or_a_new_folder(image_folder, tmp_path):

@@ -90,19 +90,32 @@ def check_output_file(path: str | os.PathLike, what: str, ours: Callable[[Path],
         raise TransferlabError(f"{file}: is a link; give the real file for the {what}")
     if file.is_dir():
         raise TransferlabError(f"{file}: is a folder; give a file name for the {what}")
-    if not file.parent.is_dir():
-        raise TransferlabError(f"{file.parent}: no such folder for the {what}")
+    ancestor = file.parent  # missing folders are made (atomic_path), but not under a file
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TransferlabError(f"{ancestor}: is not a folder, so the {what} {file} cannot go under it")
     if file.exists() and not ours(file):
         raise TransferlabError(f"{file}: exists and is not an earlier {what}; transferlab writes over no "
                                "other file: choose a new name")
     return file
 
 
-def holds_marker(marker: bytes) -> Callable[[Path], bool]:
-    """Whether a file's first 4 KiB hold `marker` (a CSV's header, a page's generator tag)."""
+def starts_with_line(line: bytes) -> Callable[[Path], bool]:
+    """Whether a file's first line is exactly `line` (a CSV's header)."""
     def ours(file: Path) -> bool:
         with open(file, "rb") as handle:
-            return marker in handle.read(4096)
+            return handle.readline(len(line) + 3).rstrip(b"\r\n") == line
+
+    return ours
+
+
+def holds_marker(*markers: bytes) -> Callable[[Path], bool]:
+    """Whether a file's first 4 KiB hold one of `markers` (a page's generator tag)."""
+    def ours(file: Path) -> bool:
+        with open(file, "rb") as handle:
+            head = handle.read(4096)
+        return any(marker in head for marker in markers)
 
     return ours
 
@@ -114,7 +127,7 @@ def check_cache_dir(path: str | os.PathLike | None, data: str | os.PathLike | No
         return
     folder = Path(path).expanduser()
     if data is not None:
-        inside, images = Path(os.path.realpath(folder)), Path(os.path.realpath(data))
+        inside, images = Path(os.path.realpath(folder)), Path(os.path.realpath(Path(data).expanduser()))
         if inside == images or images in inside.parents:
             raise TransferlabError(f"{folder}: the feature cache would lie inside the image folder {data}; "
                                    "give a --cache-dir outside it")

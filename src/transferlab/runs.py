@@ -154,16 +154,21 @@ def check_out_folder(path: str | Path, reads: Iterable[str | Path | None] = ()) 
                            "refusing to write into it: choose a new or empty --out")
 
 
+def real_path(path: str | Path) -> Path:
+    """Where a path the user gave really is: `~` expanded (as the readers expand it), links resolved."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
 def check_apart(folder: str | Path, reads: Iterable[str | Path | None]) -> None:
     """Refuse an output folder that is, holds or lies inside something the command reads: an input
     run or weights (cleared before they are read), or the image folder (a run's plots inside it
     would be scanned as images next time, and a folder inside a class folder becomes a class)."""
     folder = Path(folder)
-    out = Path(os.path.realpath(folder))
+    out = real_path(folder)
     for source in reads:
-        if source is None:
+        if source is None or str(source) == "":
             continue
-        read = Path(os.path.realpath(source))
+        read = real_path(source)
         if out == read or out in read.parents or read in out.parents:
             relation = "is" if out == read else "holds" if out in read.parents else "lies inside"
             raise TransferlabError(f"{folder}: --out {relation} {source}, which this command reads: choose an "
@@ -275,14 +280,14 @@ class OpenRun(RunPaths):
 def open_run(path: str | Path) -> OpenRun:
     """The one reader of run folders: a complete run with a valid model card, or one line why not."""
     run = load_complete_run(path)
-    _check_no_links(run.model_dir, MODEL_FILES + ("members", "export.json", "model.onnx", "model.pt"))
     file = run.model_dir / "model.json"
     return OpenRun(run.path, ModelCard.from_dict(read_json_object(file, "model card"), str(file)))
 
 
-def _check_no_links(folder: Path, names: Iterable[str]) -> None:
-    """transferlab writes regular files and folders only: a link in a model folder would load
-    (or, for export, write) a model outside the run."""
+def check_no_links(folder: Path, names: Iterable[str]) -> None:
+    """`folder` and its `names` are no links: where transferlab writes (export into a run's model
+    folder) or where only its own copies may be (an ensemble's members). Reading a run whose model
+    files are links (DVC, git-annex) is allowed: it is no riskier than reading the run at all."""
     for target in (folder, *(folder / name for name in names)):
         if target.is_symlink():
             raise TransferlabError(f"{target}: is a link; a run's model folder holds only regular files")
@@ -311,7 +316,7 @@ def open_member(run: OpenRun, name: str) -> OpenModel:
     if members.is_symlink() or folder.is_symlink() or not folder.is_dir():
         raise TransferlabError(f"{folder}: ensemble member folder missing (or a link)")
     # `transferlab ensemble` copies regular files only: a link would load a model from outside the run.
-    _check_no_links(folder, MODEL_FILES)
+    check_no_links(folder, MODEL_FILES)
     file = folder / "model.json"
     card = ModelCard.from_dict(read_json_object(file, "model card"), str(file))
     if card.kind not in MEMBER_KINDS:

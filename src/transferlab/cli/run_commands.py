@@ -11,7 +11,15 @@ import typer
 from transferlab.cli.app import app, console, err_console
 from transferlab.cli.output import PREDICTIONS_HEADER, csv_text
 from transferlab.errors import TransferlabError
-from transferlab.options import TTA_HELP, check_folder, check_int, check_output_file, holds_marker, tta_mode
+from transferlab.options import (
+    TTA_HELP,
+    check_folder,
+    check_int,
+    check_output_file,
+    holds_marker,
+    starts_with_line,
+    tta_mode,
+)
 
 
 @app.command()
@@ -32,7 +40,7 @@ def predict(
     check_int("--top-k", top_k, 1)
     tta = None if tta is None else tta_mode(tta)
     if csv_out is not None:  # before any work: never over an image, a model card or a user's file
-        check_output_file(csv_out, "predictions CSV", holds_marker(PREDICTIONS_HEADER.encode()))
+        check_output_file(csv_out, "predictions CSV", starts_with_line(PREDICTIONS_HEADER.encode()))
     from transferlab.data.inputs import expand_inputs
 
     paths = expand_inputs(images)
@@ -105,9 +113,9 @@ def compare(
     html: Annotated[Path, typer.Option(help="Where to write the sortable HTML table.")] = Path("compare.html"),
 ):
     """One results table across runs: backbone, method, resolution, time, accuracy, macro F1, per-class F1."""
-    from transferlab.insight.compare import COMPARE_MARKER, compare_runs
+    from transferlab.insight.compare import COMPARE_MARKERS, compare_runs
 
-    check_output_file(html, "compare page", holds_marker(COMPARE_MARKER))
+    check_output_file(html, "compare page", holds_marker(*COMPARE_MARKERS))
     comparison = compare_runs(runs)
     for warning in comparison.warnings:
         err_console.print(f"warning: {warning}", highlight=False, markup=False)

@@ -31,7 +31,7 @@ from transferlab.inference.openvino_check import openvino_check
 from transferlab.inference.probe_network import WithSoftmax
 from transferlab.inference.run_network import RunNetwork, load_run_network
 from transferlab.options import check_output_file, tta_mode
-from transferlab.runs import RunDir, load_complete_run, open_member, open_run, read_json_object
+from transferlab.runs import RunDir, check_no_links, load_complete_run, open_member, open_run, read_json_object
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 ONNX_OPSET = 17
@@ -202,6 +202,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < float("inf")):
         raise TransferlabError(f"--tolerance must be a number of 0 or more, got {tolerance}")
     run = load_complete_run(run_dir)
+    check_no_links(run.model_dir, ("export.json",))  # export writes there: never through a link
     target = _check_target(run, fmt, Path(out) if out is not None else run.model_dir / FORMATS[fmt])
     loaded = load_run_network(run.path)  # TransferlabError for probe heads that are not linear
     if not getattr(loaded.network, "exportable", True):

@@ -13,8 +13,9 @@ from transferlab.insight.study_runs import read_variant_file
 from transferlab.report.pages import write_page
 from transferlab.report.text import text_table
 
-# In the page's <head> (templates/compare.html): `compare` writes over an earlier page, never another file.
-COMPARE_MARKER = b'<meta name="generator" content="transferlab compare">'
+# In the page's <head> (templates/compare.html): `compare` writes over an earlier page, never another
+# file. Pages written before the generator tag are known by their title.
+COMPARE_MARKERS = (b'<meta name="generator" content="transferlab compare">', b"<title>transferlab compare:")
 
 MISSING = "-"
 

@@ -76,8 +76,8 @@ def run_ensemble(config: EnsembleConfig) -> RunResult:
     config.tta = None if config.tta is None else tta_mode(config.tta)
     check_folder(config.test, "test folder")
     check_file(config.baseline, "baseline CSV")
-    check_out_folder(config.out, reads=[*config.runs, config.test])
     members = open_members(config.runs)  # every member checked against the others, before any writing
+    check_out_folder(config.out, reads=[*config.runs, config.test, members.root])
     baseline = load_baseline(config.baseline) if config.baseline else None
     if baseline is not None:
         check_baseline_classes(baseline, members.classes, config.baseline, config.baseline_partial)

@@ -112,8 +112,10 @@ def onnx_model_path(run_path: str | Path, tta: str | None = None) -> Path:
         raise TransferlabError(
             f"{path} was not exported from this run's current model; "
             f"run `transferlab export {run.path} --format onnx` again")
-    recorded = record.get("sha256")
-    if recorded is not None and recorded != file_sha256(path):  # exports before this field have none
+    # The entry describes the file last exported (perhaps to an --out elsewhere): its sha256 is this
+    # file's only when it names this file. Exports before this field have none.
+    recorded = record.get("sha256") if _names(record, run.path, path) else None
+    if recorded is not None and recorded != file_sha256(path):
         raise TransferlabError(
             f"{path} is not the file export.json describes (changed, damaged or exported elsewhere since); "
             f"run `transferlab export {run.path} --format onnx` again")
@@ -122,6 +124,11 @@ def onnx_model_path(run_path: str | Path, tta: str | None = None) -> Path:
             f"{path} was exported with test-time augmentation '{exported_tta(record)}', not '{tta_mode(tta)}'; "
             f"run `transferlab export {run.path} --format onnx --tta {tta_mode(tta)}` to serve it that way")
     return path
+
+
+def _names(record: dict, run_path: Path, path: Path) -> bool:
+    file = record.get("file")
+    return isinstance(file, str) and (run_path / file).resolve() == path.resolve()
 
 
 class ExportedEngine:
