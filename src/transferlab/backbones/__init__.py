@@ -9,7 +9,7 @@ from transferlab.backbones.registry import (
     create_backbone,
     describe_backbones,
     native_size,
-    weights_file,
+    weights_source_path,
 )
 from transferlab.backbones.shape import UncutBackboneWarning, block_groups, cam_layer, sequential_units
 
@@ -25,5 +25,5 @@ __all__ = [
     "describe_backbones",
     "native_size",
     "sequential_units",
-    "weights_file",
+    "weights_source_path",
 ]

@@ -201,7 +201,7 @@ def _load_hub(name: str) -> nn.Module:
         raise _hub_error(name, f"could not be loaded ({type(exc).__name__})") from None
 
 
-def weights_file(weights: str | os.PathLike | None) -> str | os.PathLike | None:
+def weights_source_path(weights: str | os.PathLike | None) -> str | os.PathLike | None:
     """The file a `weights` value names (what `create_backbone` reads), or None for the
     registered source or "random"."""
     return None if weights is None or str(weights) == "random" else weights

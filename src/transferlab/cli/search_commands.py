@@ -93,8 +93,8 @@ def search(
         check_same_search,
         check_search_folder,
         load_space,
-        storage_spec,
     )
+    from transferlab.pipelines.search_storage import storage_spec
 
     if pruner not in PRUNERS:
         raise TransferlabError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")

@@ -73,11 +73,12 @@ class Budget:
     def fits(self, kind: str, estimate: float, reserve: float = 0.0, reserve_kind: str = "ensemble") -> bool:
         return self.needed(kind, estimate, reserve, reserve_kind) <= self.left()
 
-    def shortfall(self, kind: str, estimate: float, reserve: float = 0.0) -> str:
+    def shortfall(self, kind: str, estimate: float, reserve: float = 0.0, reserve_kind: str = "ensemble") -> str:
         """Why a step does not fit, in figures that add up: what it needs, margin included, and what is left."""
-        return (f"needs {seconds_text(self.needed(kind, estimate, reserve))} with a {SAFETY - 1:.0%} margin "
-                f"(estimate {seconds_text(estimate * self.scale(kind))}"
-                + (f" + {seconds_text(reserve * self.scale('ensemble'))} kept for the ensemble" if reserve else "")
+        return (f"needs {seconds_text(self.needed(kind, estimate, reserve, reserve_kind))} with a "
+                f"{SAFETY - 1:.0%} margin (estimate {seconds_text(estimate * self.scale(kind))}"
+                + (f" + {seconds_text(reserve * self.scale(reserve_kind))} kept for the {reserve_kind}"
+                   if reserve else "")
                 + f"), {seconds_text(self.left())} left")
 
     def learn(self, kind: str, estimated: float, measured: float) -> None:

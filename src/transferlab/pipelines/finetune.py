@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from transferlab.atomic import atomic_path, write_json
-from transferlab.backbones import create_backbone, weights_file
+from transferlab.backbones import create_backbone, weights_source_path
 from transferlab.backbones.cut import cut_backbone
 from transferlab.backbones.registry import Backbone
 from transferlab.card import ModelCard
@@ -93,7 +93,8 @@ def run_finetune(config: FinetuneConfig, resume: bool = False) -> RunResult:
     check_file(config.baseline, "baseline CSV")
     check_file(config.exclude, "exclude list")
     if not resume:
-        check_out_folder(config.out, reads=(weights_file(config.recipe.weights), config.data, config.test))
+        check_out_folder(config.out,
+                         reads=(weights_source_path(config.recipe.weights), config.data, config.test))
     baseline = load_baseline(config.baseline) if config.baseline else None
     setup = prepare_training(config)
     if baseline is not None:

@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.torch import save_file
 
 from transferlab.atomic import atomic_path
-from transferlab.backbones import Backbone, create_backbone, weights_file
+from transferlab.backbones import Backbone, create_backbone, weights_source_path
 from transferlab.backbones.from_run import FinetunedSource, finetuned_backbone
 from transferlab.backbones.registry import DEFAULT_BACKBONE
 from transferlab.card import ModelCard
@@ -96,7 +96,8 @@ def _validate(config: ProbeConfig) -> None:
     config.engine = config.engine or default_engine()
     check_choice("--engine", config.engine, tuple(ENGINES))
     check_cache_dir(config.cache_dir, config.data)
-    check_out_folder(config.out, reads=(config.from_run, weights_file(config.weights), config.data, config.test))
+    check_out_folder(config.out,
+                     reads=(config.from_run, weights_source_path(config.weights), config.data, config.test))
     config.layers = list(parse_layers(config.layers))
     if config.from_run is not None:
         check_folder(config.from_run, "fine-tuned run")

@@ -41,14 +41,12 @@ from transferlab.pipelines.search_space import (
     SEARCH_KIND,
     SEARCH_RECORD,
     SearchSpace,
-    StorageSpec,
     check_same_search,
     check_search_folder,
     check_study,
     load_space,
-    open_study,
-    storage_spec,
 )
+from transferlab.pipelines.search_storage import StorageSpec, open_study, storage_spec
 from transferlab.pipelines.search_trials import GlobalEpochPruning, StaleTrial, TrialSeededTPE, trial_folder_name
 from transferlab.pipelines.settings import apply_to_recipe, recipe_as_dict, value_label
 from transferlab.report.search_report import trial_cells, trials_table, write_csv, write_search_report

@@ -22,7 +22,7 @@ from transferlab.inference.export import INPUT_NAME, OUTPUT_NAME, file_sha256, m
 from transferlab.inference.predict import load_predictor
 from transferlab.openvino_rt import ImageInput, available, compile_onnx, read_onnx_file
 from transferlab.options import tta_mode
-from transferlab.runs import load_complete_run, open_run, read_json_object
+from transferlab.runs import check_no_links, load_complete_run, open_run, read_json_object
 
 class Predictor(Protocol):
     """What the server needs from a model: labels, input size, and uint8 batch -> probabilities."""
@@ -102,8 +102,7 @@ def onnx_model_path(run_path: str | Path, tta: str | None = None) -> Path:
     (and, when `tta` is given, with that test-time augmentation in its graph)."""
     run = load_complete_run(run_path)
     path = run.model_dir / "model.onnx"
-    if path.is_symlink():
-        raise TransferlabError(f"{path}: is a link; a run's model folder holds only regular files")
+    check_no_links(run.model_dir, ("model.onnx",))  # the file served is the run's own
     if not path.is_file():
         raise TransferlabError(
             f"{run.path}: no ONNX model ({path} is missing); run `transferlab export {run.path} --format onnx` first")
