@@ -3,10 +3,12 @@ for budgets that cannot hold everything (tiny random-weight backbones, generated
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import make_image_folder
 from transferlab.errors import TransferlabError
@@ -63,6 +65,8 @@ def test_a_roomy_budget_runs_the_whole_plan(full, data):
     assert json.loads((higher.run / "model" / "model.json").read_text())["resolution"] == 64
     assert f"**{higher.label}**: run" in plan and "| + resolution | 0." in plan
     assert "**speeds**: note" in plan  # relative speeds re-read from the probes' extraction
+    ensemble = yaml.safe_load((out / "runs" / "ensemble" / "config.yaml").read_text())["ensemble"]
+    assert ensemble["tta"] is None and "flip on every member" not in plan  # members scored as they are
 
 
 def test_the_same_command_again_reuses_every_finished_run(full, data):
@@ -236,8 +240,8 @@ def test_bad_budgets_are_one_line(text):
 
 
 def test_the_largest_ensemble_that_fits_is_chosen():
-    """Every run with flip, else without flip (half the scoring), else the best three: a short
-    budget gets a smaller ensemble instead of none."""
+    """Every run, else the best three: a short budget gets a smaller ensemble instead of none.
+    Members are never scored with flip (it cost heritage's ensembles 6-12 images)."""
     from transferlab.pipelines.auto_plan import Budget, Throughput
     from transferlab.pipelines.auto_steps import StepResult, _ensemble_that_fits
 
@@ -248,13 +252,39 @@ def test_the_largest_ensemble_that_fits_is_chosen():
     three = throughput.ensemble(["b"] * 3)
 
     def chosen(seconds: float):
-        found = _ensemble_that_fits(throughput, Budget(seconds), steps, flip=True)
-        return None if found is None else ([s.label for s in found[0]], found[1])
+        found = _ensemble_that_fits(throughput, Budget(seconds), steps)
+        return None if found is None else [s.label for s in found[0]]
 
-    assert chosen(2 * one * 1.2) == ([s.label for s in steps], True)
-    assert chosen(one * 1.2) == ([s.label for s in steps], False)
-    assert chosen(three * 1.2) == (["run 1", "run 4", "run 2"], False)  # the best three by validation accuracy
+    assert chosen(one * 1.2) == [s.label for s in steps]
+    assert chosen(one * 1.1) == ["run 1", "run 4", "run 2"]  # the best three by validation accuracy
+    assert chosen(three * 1.2) == ["run 1", "run 4", "run 2"]
     assert chosen(three * 0.5) is None
+
+
+def test_the_ensemble_scores_its_members_without_flip_even_when_flip_was_kept(monkeypatch, tmp_path):
+    """Flip kept for the best single run (one image on heritage) is not put on every member: there it
+    cost the ensemble 6-12 images out of fold."""
+    from transferlab.pipelines import auto_steps
+    from transferlab.pipelines.auto_plan import Budget, PlanLog, Throughput
+
+    class Launched(Exception):
+        pass
+
+    def launched(config):
+        raise Launched(config)
+
+    monkeypatch.setattr(auto_steps, "run_ensemble", launched)
+    config = _config(tmp_path / "data", tmp_path / "auto")
+    context = auto_steps.AutoContext(config=config, out=tmp_path / "auto", budget=Budget(900.0),
+                                     log=PlanLog(tmp_path / "plan.md", "auto"), recipe_for=lambda b, r=None: None)
+    steps = [auto_steps.StepResult(f"run {i}", "probe", "b", tmp_path / f"r{i}", 0.9 + i / 100, 0.9, 1.0)
+             for i in range(3)]
+    best = steps[-1]
+    flipped = dataclasses.replace(best, label=best.label + " + flip", val_accuracy=0.95, tta="flip")
+    with pytest.raises(Launched) as launched_with:
+        auto_steps.ensemble_step(context, Throughput({"b": 0.001}, images=100, val_images=20), steps, best, flipped)
+    ensemble_config = launched_with.value.args[0]
+    assert ensemble_config.tta is None and len(ensemble_config.runs) == 3
 
 
 def test_ensemble_estimates_count_the_engine_that_will_score(monkeypatch):

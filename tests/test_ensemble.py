@@ -104,7 +104,7 @@ def test_the_mean_is_the_average_of_the_members_on_the_same_images(mean_run):
     images = torch.stack([preprocess(p, predictor.resolution, predictor.interpolation) for p in paths])
     x = images.float() / 255
     with torch.inference_mode():
-        members = predictor.network.network.member_probabilities(x)
+        members = [branch(x) for branch in predictor.network.network.branches]
     expected = (members[0] + members[1]).numpy() / 2
     saved = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
     np.testing.assert_allclose(predictor.predict_tensor(images), expected, atol=1e-5)
@@ -375,3 +375,30 @@ def test_the_cli_says_what_scored_the_members(members, tmp_path):
                                       "--out", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert "scored with: torch fp32" in result.output
+
+
+def test_a_member_select_never_picked_is_not_run():
+    """Weight 0 adds nothing to the mean, so forward skips that member (and an export leaves it out
+    of the graph); the output is the full combination's all the same."""
+    from transferlab.classifiers.ensemble_fit import Combination, combine
+    from transferlab.inference.ensemble_network import EnsembleNetwork
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, probabilities):
+            super().__init__()
+            self.probabilities, self.calls = torch.tensor(probabilities), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.probabilities.expand(x.shape[0], -1)
+
+    rows = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]
+    combination = Combination("select", np.array([0.75, 0.0, 0.25]))
+    branches = [Fixed(r) for r in rows]
+    network = EnsembleNetwork(branches, combination)
+    out = network(torch.zeros(2, 3, 8, 8)).exp().numpy()
+    assert [b.calls for b in branches] == [1, 0, 1]
+    expected = combine(combination, np.array(rows)[:, None, :].repeat(2, axis=1))
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    stacked = Combination("stack", np.full(3, 1 / 3), np.zeros((3, 9)), np.zeros(3))
+    assert EnsembleNetwork([Fixed(r) for r in rows], stacked).used == [0, 1, 2]  # the stacker reads all

@@ -115,6 +115,10 @@ class EnsembleNetwork(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(branches)
         self.method = combination.method
+        # Members whose weight is 0 (select never picked them) add nothing to the mean: forward
+        # skips them (2 of 6 in heritage's auto ensemble). The stacker reads every member.
+        self.used = [i for i, w in enumerate(np.asarray(combination.weights).tolist())
+                     if w > 0 or combination.method == "stack"]
         self.register_buffer("weights", torch.tensor(combination.weights, dtype=torch.float32), persistent=False)
         self.register_buffer("temperatures", torch.tensor(combination.temperatures, dtype=torch.float32),
                              persistent=False)
@@ -135,21 +139,19 @@ class EnsembleNetwork(nn.Module):
         for branch in self.branches:
             branch.tta = "none"
 
-    def member_probabilities(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [branch(x) for branch in self.branches]
-
     def combine(self, probabilities: list[torch.Tensor]) -> torch.Tensor:
+        """The members in `self.used`'s probabilities, in that order -> the ensemble's output."""
         if self.method == "stack":
             inputs = torch.cat([torch.log(p.clamp_min(STACK_FLOOR)) for p in probabilities], dim=1)
             return self.stack(inputs)
         # ensemble_fit.combine's arithmetic: each member tempered, softmax(t * log p), then weighted.
-        tempered = [torch.softmax(t * torch.log(p.clamp_min(NLL_CLIP)), dim=1)
-                    for t, p in zip(self.temperatures, probabilities)]
-        combined = sum(w * p for w, p in zip(self.weights, tempered))
+        tempered = [torch.softmax(self.temperatures[i] * torch.log(p.clamp_min(NLL_CLIP)), dim=1)
+                    for i, p in zip(self.used, probabilities, strict=True)]
+        combined = sum(self.weights[i] * p for i, p in zip(self.used, tempered))
         return torch.log(combined.clamp_min(NLL_CLIP))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.combine(self.member_probabilities(x))
+        return self.combine([self.branches[i](x) for i in self.used])
 
 
 @dataclass

@@ -10,8 +10,8 @@ The plan, each step only when its estimate (from throughput measured here, see
    best one again at a higher resolution (RESOLUTION_STEP) between the two; the second at
    whichever resolution did better;
 4. test-time augmentation: flip on the best single run, kept when validation accuracy rises;
-5. ensemble (greedy selection, cross-validated on validation) of every finished run, kept when its
-   out-of-fold validation accuracy beats the best single run.
+5. ensemble (greedy selection, cross-validated on validation) of every finished run, its members
+   without flip, kept when its out-of-fold validation accuracy beats the best single run.
 
 Every step is an ordinary run folder under OUT/runs/; OUT/plan.md logs each decision with
 its reason and figure, and what each step contributed; OUT/auto.json holds the state, and
