@@ -239,6 +239,14 @@ def test_bad_budgets_are_one_line(text):
         parse_budget(text)
 
 
+def test_a_bare_number_too_small_for_seconds_hints_at_minutes():
+    with pytest.raises(TransferlabError, match=r"a bare number is seconds: did you mean 5m\?"):
+        parse_budget("5")
+    with pytest.raises(TransferlabError) as refused:
+        parse_budget("5s")
+    assert "did you mean" not in str(refused.value)  # the unit was given
+
+
 def test_the_largest_ensemble_that_fits_is_chosen():
     """Every run, else the best three: a short budget gets a smaller ensemble instead of none.
     Members are never scored with flip (it cost heritage's ensembles 6-12 images)."""

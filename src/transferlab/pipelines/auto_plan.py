@@ -188,5 +188,7 @@ def parse_budget(text: str | float | int) -> float:
     except ValueError:
         raise TransferlabError(f"--budget must be a duration like 20m, 90s or 1.5h, got {text!r}") from None
     if not 10 <= seconds <= 7 * 24 * 3600:
-        raise TransferlabError(f"--budget must be between 10 s and 7 days, got {text!r}")
+        # A bare number is seconds: '5' meant as minutes is the likely slip, so name the unit.
+        hint = f" (a bare number is seconds: did you mean {raw}m?)" if unit == "s" and raw == number else ""
+        raise TransferlabError(f"--budget must be between 10 s and 7 days, got {text!r}{hint}")
     return seconds
