@@ -267,8 +267,7 @@ def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[Step
         log.add("ensemble", "skip", "one run only")
         return None
     run = context.run_dir("ensemble")
-    flip = tta is not None and tta.val_accuracy > best.val_accuracy
-    single = tta if flip else best
+    single = tta if tta is not None and tta.val_accuracy > best.val_accuracy else best
     if run_status(run) != "complete":
         chosen = _ensemble_that_fits(throughput, budget, steps)
         if chosen is None:
@@ -291,10 +290,10 @@ def ensemble_step(context: AutoContext, throughput: Throughput, steps: list[Step
     # and predicts with it as it is.
     saved = read_yaml_file(run / "config.yaml", "ensemble config")
     settings = saved.get("ensemble") if isinstance(saved, dict) else None
-    flip = isinstance(settings, dict) and settings.get("tta") == "flip"
+    members_flipped = isinstance(settings, dict) and settings.get("tta") == "flip"
     better = step.val_accuracy > single.val_accuracy
     log.add(f"ensemble ({ENSEMBLE_METHOD})", "adopt" if better else "reject",
-            f"{len(table['members'])} runs" + (", flip on every member" if flip else "")
+            f"{len(table['members'])} runs" + (", flip on every member" if members_flipped else "")
             + "; out-of-fold validation accuracy "
             + ("beats" if better else "does not beat") + f" the best single run ({single.label})",
             f"{single.val_accuracy:.4f} -> {step.val_accuracy:.4f}; weights {weights}")
