@@ -37,29 +37,38 @@ def transferlab(*args: str, env: dict | None = None) -> tuple[float, float]:
     return time.perf_counter() - started, peak
 
 
-def default_probe(data: str, work: Path, baseline: str | None) -> dict:
-    out = work / "default-probe"
+def _seeded(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}-s{seed}"
+
+
+def default_probe(data: str, work: Path, baseline: str | None, seed: int = 0) -> dict:
+    out = work / _seeded("default-probe", seed)
     args = ["probe", data, "--out", str(out), "--cache-dir", str(work / "probe-cache"), "--quiet"]
     if baseline:
         args += ["--baseline", baseline]
-    log("default probe")
+    if seed:
+        args += ["--seed", str(seed)]
+    log("default probe" + (f" (seed {seed})" if seed else ""))
     wall, peak = transferlab(*args)
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"wall": wall, "peak_mib": peak, "metrics": metrics, "command": "transferlab " + " ".join(args)}
+    return {"wall": wall, "peak_mib": peak, "metrics": metrics, "command": "transferlab " + " ".join(args),
+            "out": out, "seed": seed}
 
 
-def auto(data: str, work: Path, budget: str, baseline: str | None, label: str) -> dict:
-    out = work / f"auto-{label}"
+def auto(data: str, work: Path, budget: str, baseline: str | None, label: str, seed: int = 0) -> dict:
+    out = work / _seeded(f"auto-{label}", seed)
     args = ["auto", data, "--budget", budget, "--out", str(out), "--quiet"]
     if baseline:
         args += ["--baseline", baseline]
-    log(f"auto --budget {budget}")
+    if seed:
+        args += ["--seed", str(seed)]
+    log(f"auto --budget {budget}" + (f" (seed {seed})" if seed else ""))
     wall, peak = transferlab(*args)
     result = json.loads((out / "result.json").read_text())
     metrics = json.loads((Path(result["run"]) / "metrics.json").read_text())
     plan = (out / "plan.md").read_text(encoding="utf-8")
     return {"wall": wall, "peak_mib": peak, "result": result, "metrics": metrics, "plan": plan, "out": out,
-            "command": "transferlab " + " ".join(args)}
+            "command": "transferlab " + " ".join(args), "seed": seed}
 
 
 def ablation(plan: str) -> str:
@@ -72,23 +81,33 @@ def decisions(plan: str) -> str:
     return match.group(1).strip() if match else ""
 
 
-def section(name: str, title: str, probe: dict, runs: list[tuple[str, float, dict]], targets: list[str],
-            argv_script: str) -> None:
+def _at_seed(label: str, seed: int) -> str:
+    return label + (f" (seed {seed})" if seed else "")
+
+
+def section(name: str, title: str, probes: list[dict], runs: list[tuple[str, float, dict]], targets: list[str],
+            argv_script: str, extra: str = "") -> None:
+    """One BENCHMARKS.md section: a table with a row per default probe (one per seed) and per auto
+    run (budget held or not), then `extra` (e.g. a table of gains), then each run's decisions and ablation."""
     info = machine_info()
-    pm = probe["metrics"]["val"]
-    rows = [["default probe", f"{pm['accuracy']:.4f}", "-", f"{pm['macro_f1']:.4f}",
-             _beats(probe["metrics"]), f"{probe['wall']:.0f}", f"{probe['peak_mib']:.0f}", "-", "-"]]
+    rows = []
+    for probe in probes:
+        pm = probe["metrics"]["val"]
+        rows.append([_at_seed("default probe", probe["seed"]), f"{pm['accuracy']:.4f}", "-", f"{pm['macro_f1']:.4f}",
+                     _beats(probe["metrics"]), f"{probe['wall']:.0f}", f"{probe['peak_mib']:.0f}", "-", "-"])
     blocks = []
     for budget, seconds, r in runs:
         m = r["metrics"]["val"]
         within = r["wall"] <= seconds * 1.10
-        rows.append([f"auto --budget {budget}", f"{m['accuracy']:.4f}", f"{r['result']['val_accuracy']:.4f}",
+        rows.append([_at_seed(f"auto --budget {budget}", r["seed"]), f"{m['accuracy']:.4f}",
+                     f"{r['result']['val_accuracy']:.4f}",
                      f"{m['macro_f1']:.4f}",
                      _beats(r["metrics"]), f"{r['wall']:.0f}", f"{r['peak_mib']:.0f}",
                      f"{seconds:.0f} (+10%: {'held' if within else 'NOT held'})",
                      Path(r["result"]["run"]).name + (f" + --tta {r['result']['tta']}" if r["result"]["tta"] != "none"
                                                       else "")])
-        blocks.append(f"### auto --budget {budget}: decisions\n\n`{r['command']}`\n\n{decisions(r['plan'])}\n\n"
+        heading = _at_seed(f"auto --budget {budget}", r["seed"])
+        blocks.append(f"### {heading}: decisions\n\n`{r['command']}`\n\n{decisions(r['plan'])}\n\n"
                       f"What each step contributed:\n\n{ablation(r['plan'])}\n")
     body = f"""## {title}
 
@@ -98,12 +117,13 @@ def section(name: str, title: str, probe: dict, runs: list[tuple[str, float, dic
 - peak RSS: of each command's own process (os.wait4), MiB
 - val accuracy, macro F1 and paper F1: the chosen run's metrics.json (without test-time augmentation); with its TTA:
   auto's own figure for the model it names (result.json), with the `--tta` it names
-- reference: `{probe['command']}`
+- reference: `{probes[0]['command']}`
 {chr(10).join('- ' + t for t in targets)}
 
 {md_table(["run", "val accuracy", "with its TTA", "val macro F1", "paper F1 beaten", "wall s", "peak RSS MiB",
            "budget s", "chosen"], rows)}
 
+{extra}
 {chr(10).join(blocks)}
 """
     update_section(name, body)

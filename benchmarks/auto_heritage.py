@@ -32,7 +32,7 @@ def main() -> None:
     suffix = f"-{args.label}" if args.label else ""
     section("auto_heritage" + suffix, "transferlab auto: Architectural Heritage" + (f" ({args.label})" if args.label
                                                                                       else ""),
-            probe, runs, targets, "benchmarks/auto_heritage.py")
+            [probe], runs, targets, "benchmarks/auto_heritage.py")
 
 
 if __name__ == "__main__":
