@@ -38,7 +38,12 @@ def transferlab(*args: str, env: dict | None = None) -> tuple[float, float]:
 
 
 def _seeded(name: str, seed: int) -> str:
+    """A folder name: seed 0 keeps the name it always had."""
     return name if seed == 0 else f"{name}-s{seed}"
+
+
+def _at_seed(label: str, seed: int) -> str:
+    return label + (f" (seed {seed})" if seed else "")
 
 
 def default_probe(data: str, work: Path, baseline: str | None, seed: int = 0) -> dict:
@@ -48,7 +53,7 @@ def default_probe(data: str, work: Path, baseline: str | None, seed: int = 0) ->
         args += ["--baseline", baseline]
     if seed:
         args += ["--seed", str(seed)]
-    log("default probe" + (f" (seed {seed})" if seed else ""))
+    log(_at_seed("default probe", seed))
     wall, peak = transferlab(*args)
     metrics = json.loads((out / "metrics.json").read_text())
     return {"wall": wall, "peak_mib": peak, "metrics": metrics, "command": "transferlab " + " ".join(args),
@@ -62,7 +67,7 @@ def auto(data: str, work: Path, budget: str, baseline: str | None, label: str, s
         args += ["--baseline", baseline]
     if seed:
         args += ["--seed", str(seed)]
-    log(f"auto --budget {budget}" + (f" (seed {seed})" if seed else ""))
+    log(_at_seed(f"auto --budget {budget}", seed))
     wall, peak = transferlab(*args)
     result = json.loads((out / "result.json").read_text())
     metrics = json.loads((Path(result["run"]) / "metrics.json").read_text())
@@ -81,10 +86,6 @@ def decisions(plan: str) -> str:
     return match.group(1).strip() if match else ""
 
 
-def _at_seed(label: str, seed: int) -> str:
-    return label + (f" (seed {seed})" if seed else "")
-
-
 def section(name: str, title: str, probes: list[dict], runs: list[tuple[str, float, dict]], targets: list[str],
             argv_script: str, extra: str = "") -> None:
     """One BENCHMARKS.md section: a table with a row per default probe (one per seed) and per auto
@@ -99,14 +100,14 @@ def section(name: str, title: str, probes: list[dict], runs: list[tuple[str, flo
     for budget, seconds, r in runs:
         m = r["metrics"]["val"]
         within = r["wall"] <= seconds * 1.10
-        rows.append([_at_seed(f"auto --budget {budget}", r["seed"]), f"{m['accuracy']:.4f}",
+        heading = _at_seed(f"auto --budget {budget}", r["seed"])
+        rows.append([heading, f"{m['accuracy']:.4f}",
                      f"{r['result']['val_accuracy']:.4f}",
                      f"{m['macro_f1']:.4f}",
                      _beats(r["metrics"]), f"{r['wall']:.0f}", f"{r['peak_mib']:.0f}",
                      f"{seconds:.0f} (+10%: {'held' if within else 'NOT held'})",
                      Path(r["result"]["run"]).name + (f" + --tta {r['result']['tta']}" if r["result"]["tta"] != "none"
                                                       else "")])
-        heading = _at_seed(f"auto --budget {budget}", r["seed"])
         blocks.append(f"### {heading}: decisions\n\n`{r['command']}`\n\n{decisions(r['plan'])}\n\n"
                       f"What each step contributed:\n\n{ablation(r['plan'])}\n")
     body = f"""## {title}
