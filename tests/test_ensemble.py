@@ -228,7 +228,8 @@ def _nested(card, copy):
 ATTACKS = {
     "path in a member name": (lambda c, _: c.update(members=["m00", "../../../etc"]), "member name"),
     "too many members": (lambda c, _: c.update(members=[f"m{i:02d}" for i in range(40)]), "members"),
-    "one member": (lambda c, _: c.update(members=["m00"]), "members"),
+    "no member": (lambda c, _: c.update(members=[]), "members"),
+    "fewer members than weights": (lambda c, _: c.update(members=["m00"]), "weights"),
     "member linked elsewhere": (_link_member, "link"),
     "member folder missing": (lambda c, copy: shutil.rmtree(copy / "model" / "members" / "m01"), "missing"),
     "nested ensemble": (_nested, "probe or fine-tuned"),
@@ -402,3 +403,28 @@ def test_a_member_select_never_picked_is_not_run():
     np.testing.assert_allclose(out, expected, atol=1e-6)
     stacked = Combination("stack", np.full(3, 1 / 3), np.zeros((3, 9)), np.zeros(3))
     assert EnsembleNetwork([Fixed(r) for r in rows], stacked).used == [0, 1, 2]  # the stacker reads all
+
+
+def test_members_of_weight_0_are_left_out_of_the_model(members, mean_run, tmp_path, monkeypatch):
+    """A member select never picked changes no prediction, so the ensemble folder does not keep it:
+    predict, serve and export load only what they use, and predict exactly what the fit combined."""
+    import transferlab.pipelines.ensemble as pipeline
+    from transferlab.classifiers.ensemble_fit import Combination
+    from transferlab.inference.ensemble_network import EnsembleNetwork, load_ensemble
+
+    fitted = Combination("select", np.array([0.0, 1.0]))
+    monkeypatch.setattr(pipeline, "fit_combination", lambda *args, **kwargs: fitted)
+    run = _ensemble(members, tmp_path / "run", method="select").run_dir
+    assert sorted(p.name for p in (run / "model" / "members").iterdir()) == ["m01"]
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["members"] == ["m01"] and card["combination"]["weights"] == [1.0]
+    assert card["resolution"] == 64  # the figures were measured at the dropped probe's resolution: it stays
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["weight"] for r in metrics["ensemble"]["members"]] == [0.0, 1.0]  # the table still shows both
+    assert "m01 (the others have weight 0" in (run / "report.html").read_text(encoding="utf-8")
+    # The same output as the full combination over both members' branches (the mean run's copies).
+    full = EnsembleNetwork(list(load_ensemble(mean_run).network.branches), fitted).eval()
+    images = (torch.rand(3, 3, 64, 64) * 255).to(torch.uint8)
+    with torch.no_grad():
+        expected = full(images.float() / 255).exp().numpy()
+    np.testing.assert_allclose(load_predictor(run).predict_tensor(images), expected, atol=1e-5)

@@ -136,9 +136,10 @@ def _check_optional(values: dict, where: str) -> None:
         _require(bool(values.get("layers")), where, "layers", "a non-empty list for a probe")
     if values["kind"] == "ensemble":
         members = values.get("members")
-        _require(isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS
+        # One is allowed: an ensemble keeps only the members its combination uses (select may pick one).
+        _require(isinstance(members, list) and 1 <= len(members) <= MAX_MEMBERS
                  and all(isinstance(m, str) for m in members) and len(set(members)) == len(members),
-                 where, "members", f"2 to {MAX_MEMBERS} distinct member names")
+                 where, "members", f"1 to {MAX_MEMBERS} distinct member names")
         _require(isinstance(values.get("combination"), dict), where, "combination", "an object")
 
 

@@ -67,6 +67,18 @@ class Combination:
                 array.setflags(write=False)
                 object.__setattr__(self, name, array)
 
+    def used(self) -> list[int]:
+        """The members the combination reads: a weighted mean adds nothing of a member of weight 0
+        (select never picked it); the stacker reads every member."""
+        return [i for i, w in enumerate(self.weights.tolist()) if w > 0 or self.method == "stack"]
+
+    def of_used(self) -> Combination:
+        """The same combination over `used()` alone: the same output, without the unused members."""
+        keep = self.used()
+        if len(keep) == len(self.weights):
+            return self
+        return Combination(self.method, self.weights[keep], temperatures=self.temperatures[keep])
+
     def to_dict(self) -> dict:
         """JSON-able lists, for the run card and metrics.json."""
         return {"method": self.method, "weights": self.weights.tolist(),

@@ -72,6 +72,8 @@ def ensemble(
     table = result.metrics["ensemble"]
     console.print(f"[bold]members[/bold]: {result.summary['members']}", highlight=False)
     console.print(f"[bold]combination[/bold]: {result.summary['combination']}", highlight=False)
+    if "kept in the model" in result.summary:
+        console.print(f"[bold]kept in the model[/bold]: {result.summary['kept in the model']}", highlight=False)
     console.print(f"[bold]scored with[/bold]: {result.summary['scored with']}", highlight=False)
     best = next(r for r in table["members"] if r["member"] == table["best_member"])
     console.print(f"best member {best['member']} val accuracy {best['val']['accuracy']:.4f}; ensemble "

@@ -116,9 +116,8 @@ class EnsembleNetwork(nn.Module):
         self.branches = nn.ModuleList(branches)
         self.method = combination.method
         # Members whose weight is 0 (select never picked them) add nothing to the mean: forward
-        # skips them (2 of 6 in heritage's auto ensemble). The stacker reads every member.
-        self.used = [i for i, w in enumerate(np.asarray(combination.weights).tolist())
-                     if w > 0 or combination.method == "stack"]
+        # skips them. `transferlab ensemble` no longer keeps such members; an older folder may hold some.
+        self.used = combination.used()
         self.register_buffer("weights", torch.tensor(combination.weights, dtype=torch.float32), persistent=False)
         self.register_buffer("temperatures", torch.tensor(combination.temperatures, dtype=torch.float32),
                              persistent=False)

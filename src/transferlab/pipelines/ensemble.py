@@ -36,7 +36,7 @@ from transferlab.finetune.data import load_images
 from transferlab.inference.ensemble_network import EnsembleNetwork, load_ensemble
 from transferlab.inference.member_scoring import check_engine, score_members
 from transferlab.options import check_choice, check_file, check_folder, tta_mode
-from transferlab.pipelines.ensemble_members import Members, copy_members, open_members
+from transferlab.pipelines.ensemble_members import Members, copy_members, drop_members, open_members
 from transferlab.pipelines.evaluation import SplitPredictions
 from transferlab.pipelines.tail import RunEnd, RunResult, Timer, finish_run
 from transferlab.report.baseline import check_baseline_classes, load_baseline
@@ -112,12 +112,15 @@ def _ensemble(config: EnsembleConfig, run: RunDir, members: Members, test, basel
         splits.append(SplitPredictions("test", t.paths, t.labels, combine(combination, t.member_probs)))
     table = _member_table(members, scored, splits, combination, folds)
     card = _card(members, combination)
+    # A member of weight 0 changes no prediction: predict, serve and export need not load it.
+    drop_members(run.model_dir, [n for i, n in enumerate(members.names) if i not in combination.used()])
     end = RunEnd(
-        kind="ensemble", title=f"ensemble ({config.method}) of {len(members.runs)}",
+        kind="ensemble", title=f"ensemble ({config.method}) of {len(card.members)}"
+        + (f" (of {len(members.runs)} runs given)" if len(card.members) < len(members.runs) else ""),
         report_title=f"transferlab ensemble: {members.root.name}", classes=members.classes, splits=splits,
         skipped=[[str(p), r] for s in scored.values() for p, r in s.failures] + (
             [[str(s.path), s.reason] for s in test.skipped] if test is not None else []),
-        notes=[], summary=_summary(config, members, scored, folds), config=_config(config, members, card),
+        notes=[], summary=_summary(config, members, scored, combination, folds), config=_config(config, members, card),
         card=card, save_weights=lambda model_dir: None, seed=config.seed,
         cam_unavailable="an ensemble: `transferlab explain` shows each member's maps",
         baseline=baseline, baseline_name=config.baseline or "", extra_metrics={"ensemble": table},
@@ -155,14 +158,18 @@ def _score(network: EnsembleNetwork, samples: list[Sample], card: ModelCard, con
 
 
 def _card(members: Members, combination: Combination | None = None) -> ModelCard:
+    """The ensemble's card: with a fitted `combination`, over the members it uses only. The input
+    resolution stays the largest member's, used or not: the figures were measured at it."""
     cards = [run.card for run in members.runs]
     largest = max(cards, key=lambda c: c.resolution)
     combination = combination or Combination("mean", np.full(len(cards), 1 / len(cards)))
-    backbones = ", ".join(dict.fromkeys(c.backbone for c in cards))
+    used = combination.used()
+    backbones = ", ".join(dict.fromkeys(cards[i].backbone for i in used))
     return ModelCard(kind="ensemble", classes=list(members.classes), backbone=f"ensemble of {backbones}",
                      resolution=largest.resolution, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                      interpolation=largest.interpolation, weights_source="members", precision="fp32",
-                     inference_precision="fp32", members=list(members.names), combination=combination.to_dict())
+                     inference_precision="fp32", members=[members.names[i] for i in used],
+                     combination=combination.of_used().to_dict())
 
 
 def _accuracy(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
@@ -199,7 +206,7 @@ def _member_table(members: Members, scored: dict, splits: list[SplitPredictions]
             "val_is": "out-of-fold" if folds else "the plain mean (nothing fitted)"}
 
 
-def _summary(config: EnsembleConfig, members: Members, scored: dict, folds: int) -> dict:
+def _summary(config: EnsembleConfig, members: Members, scored: dict, combination: Combination, folds: int) -> dict:
     fitted = (f"{config.method}: fitted on the validation predictions; validation figures are {folds}-fold "
               "cross-validated on the validation set (never scored on the images fitted on)" if folds else
               "mean of the members' probabilities (nothing fitted)")
@@ -208,6 +215,9 @@ def _summary(config: EnsembleConfig, members: Members, scored: dict, folds: int)
         "members": "; ".join(f"{n}: {r.path} ({r.card.kind}, {r.card.backbone}, {r.card.resolution}px)"
                              for n, r in zip(members.names, members.runs)),
         "combination": fitted,
+        **({"kept in the model": ", ".join(members.names[i] for i in combination.used())
+            + " (the others have weight 0, so they change no prediction)"}
+           if len(combination.used()) < len(members.names) else {}),
         "scored with": f"{scored['val'].engine} (each member's branch of the ensemble's network)",
         **({"test-time augmentation": f"{config.tta} on every member"} if config.tta else {}),
         "images": {name: len(s.labels) for name, s in scored.items()},

@@ -124,3 +124,12 @@ def copy_members(members: Members, model_dir: Path, tta: str | None = None) -> N
                     shutil.copyfile(source, tmp)
         if tta is not None:
             dataclasses.replace(run.card, tta=tta).write(target)
+
+
+def drop_members(model_dir: Path, names: list[str]) -> None:
+    """Remove the copies `copy_members` made of these members (from the ensemble's own, new folder;
+    a member's own run is never touched)."""
+    for name in names:
+        target = model_dir / "members" / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
