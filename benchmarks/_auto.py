@@ -70,7 +70,7 @@ def auto(data: str, work: Path, budget: str, baseline: str | None, label: str, s
     log(_at_seed(f"auto --budget {budget}", seed))
     wall, peak = transferlab(*args)
     result = json.loads((out / "result.json").read_text())
-    metrics = json.loads((Path(result["run"]) / "metrics.json").read_text())
+    metrics = json.loads((out / result["run"] / "metrics.json").read_text())  # run: relative to out
     plan = (out / "plan.md").read_text(encoding="utf-8")
     return {"wall": wall, "peak_mib": peak, "result": result, "metrics": metrics, "plan": plan, "out": out,
             "command": "transferlab " + " ".join(args), "seed": seed}

@@ -13,7 +13,6 @@ usage: .venv/bin/python benchmarks/auto_elpv.py [--budgets 10m] [--seeds 0,1,2] 
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,14 @@ from sklearn.metrics import f1_score
 
 from transferlab.data.demo import prepare_elpv_folder
 from transferlab.pipelines.auto_plan import parse_budget
+from transferlab.runs import read_predictions
 
 BOOTSTRAP_DRAWS = 2000
 
 
 def _val_predictions(run: Path) -> dict[str, tuple[str, str]]:
     """class/file name -> (true, predicted) of the run's validation images (out of fold for an ensemble)."""
-    with (run / "predictions.csv").open(newline="", encoding="utf-8") as handle:
-        return {"/".join(Path(r["path"]).parts[-2:]): (r["true"], r["predicted"])
-                for r in csv.DictReader(handle) if r["split"] == "val"}
+    return {"/".join(Path(r.path).parts[-2:]): (r.true, r.predicted) for r in read_predictions(run, "val")}
 
 
 def macro_f1_gain_se(probe_run: Path, auto_run: Path, seed: int = 0) -> float:
@@ -54,18 +52,18 @@ def macro_f1_gain_se(probe_run: Path, auto_run: Path, seed: int = 0) -> float:
 
 def gains_table(probes: list[dict], runs: list[tuple[str, float, dict]]) -> str:
     by_seed = {p["seed"]: p for p in probes}
-    rows, acc_gains, f1_gains = [], [], []
+    rows, gains = [], {}  # budget -> [(accuracy gain, macro-F1 gain)], one per seed
     for budget, _, r in runs:
         probe = by_seed[r["seed"]]
         pm, am = probe["metrics"]["val"], r["metrics"]["val"]
         acc, f1 = am["accuracy"] - pm["accuracy"], am["macro_f1"] - pm["macro_f1"]
-        acc_gains.append(acc)
-        f1_gains.append(f1)
-        se = macro_f1_gain_se(probe["out"], Path(r["result"]["run"]))
+        gains.setdefault(budget, []).append((acc, f1))
+        se = macro_f1_gain_se(probe["out"], r["out"] / r["result"]["run"])
         rows.append([budget, str(r["seed"]), f"{acc * 100:+.1f}", f"{f1 * 100:+.1f}", f"{se * 100:.1f}"])
-    if len(rows) > 1:
-        rows.append(["mean", f"{len(rows)} seeds", f"{np.mean(acc_gains) * 100:+.1f}",
-                     f"{np.mean(f1_gains) * 100:+.1f}", "-"])
+    for budget, pairs in gains.items():  # a mean over the seeds of each budget, never across budgets
+        if len(pairs) > 1:
+            acc, f1 = np.mean(pairs, axis=0) * 100
+            rows.append([f"{budget}: mean", f"{len(pairs)} seeds", f"{acc:+.1f}", f"{f1:+.1f}", "-"])
     return ("Gains over the default probe at the same seed (split), in points:\n\n"
             + md_table(["budget", "seed", "val accuracy", "val macro F1", "bootstrap SE of the macro-F1 gain"], rows)
             + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_a_roomy_budget_runs_the_whole_plan(full, data):
     assert "| probe only (best of the probes) |" in plan and "| + fine-tune |" in plan
     assert "LogME" in plan and "img/s" in plan  # the figures behind the ranking
     chosen = json.loads((out / "result.json").read_text())
-    assert Path(chosen["run"]) == result.chosen and chosen["val_accuracy"] == result.val_accuracy
+    assert out / chosen["run"] == result.chosen and chosen["val_accuracy"] == result.val_accuracy
     assert result.val_accuracy >= max(s.val_accuracy for s in result.steps if s.kind == "probe")
     predictor = load_predictor(result.chosen)  # an ordinary run folder
     prediction = predictor.predict_paths([next(data.rglob("*.png"))])[0]
@@ -82,15 +83,19 @@ def test_the_same_command_again_reuses_every_finished_run(full, data):
     assert json.loads((out / "auto.json").read_text())["spent_s"] > spent  # the earlier time still counts
 
 
-def test_the_auto_folder_itself_names_the_run_to_use(full):
-    """`predict OUT` on the auto folder: one line naming the chosen run (an absolute path in result.json,
-    so it holds from any working directory)."""
+def test_the_auto_folder_itself_names_the_run_to_use(full, tmp_path, monkeypatch):
+    """`predict OUT` on the auto folder: one line naming the chosen run. result.json holds it relative
+    to the folder, so the name holds from any working directory and after the folder is moved."""
     result, out = full
     chosen = json.loads((out / "result.json").read_text())
-    assert Path(chosen["run"]).is_absolute() and Path(chosen["run"]) == result.chosen.resolve()
-    with pytest.raises(TransferlabError) as info:
-        load_predictor(out)
-    assert "transferlab auto" in str(info.value) and str(result.chosen.resolve()) in str(info.value)
+    assert not Path(chosen["run"]).is_absolute() and (out / chosen["run"]).resolve() == result.chosen.resolve()
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved, symlinks=True)
+    monkeypatch.chdir(tmp_path)
+    for folder, model in ((out, result.chosen), (Path("moved"), moved / chosen["run"])):
+        with pytest.raises(TransferlabError) as info:
+            load_predictor(folder)
+        assert "transferlab auto" in str(info.value) and repr(str(model.resolve())) in str(info.value)
 
 
 def test_the_time_spent_reaches_auto_json_while_auto_runs(data, tmp_path, monkeypatch):

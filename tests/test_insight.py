@@ -383,7 +383,7 @@ def test_embed_data_maps_a_folder_without_predictions(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("predictions.csv", "path,split,true\n", "no column(s) predicted"),
+        ("predictions.csv", "path,split,true\n", "lacks the column(s) predicted"),
         ("predictions.csv", "path,split,true,predicted\nx.png,val,circle,unicorn\n",
          "line 2: class 'unicorn' is not one of the run's classes"),
         ("predictions.csv", "path,split,true,predicted\n,test,circle,circle\n", "line 2: empty path"),
@@ -402,5 +402,5 @@ def test_embed_run_refuses_an_edited_run_in_one_line(probed, tmp_path, name, con
 def test_embed_run_refuses_predictions_that_are_not_utf8(probed, tmp_path):
     run = shutil.copytree(probed["runs"]["resnet_a"], tmp_path / "run")
     (run / "predictions.csv").write_bytes(b"path,split,true,predicted\n\xff\xfe,val,circle,circle\n")
-    with pytest.raises(TransferlabError, match="not a readable predictions table"):
+    with pytest.raises(TransferlabError, match="not readable CSV"):
         embed_run(run, EmbedSettings(methods=("pca",), cache_dir=probed["cache"], progress=False, workers=0))

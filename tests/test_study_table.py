@@ -247,7 +247,7 @@ def _copy(run: VariantRun, tmp_path: Path) -> Path:
     ("metrics.json", b'{"val": {"accuracy": "1.0", "macro_f1": 1, "n": 6, "per_class": {}}}', "'accuracy' must be"),
     ("metrics.json", b'{"val": {"accuracy": 0.5, "macro_f1": 0.5, "n": 6, "per_class": []}}', "'per_class' must"),
     ("metrics.json", b"\xff\xfe not json", "not valid JSON"),
-    ("predictions.csv", b"path,split\nx,val\n", "needs the columns"),
+    ("predictions.csv", b"path,split\nx,val\n", "lacks the column"),
     ("predictions.csv", b"path,split,true,predicted\n\xff\xfe,val,a,b\n", "not readable CSV"),
     ("split.json", b'{"root": 5}', "not a valid split file"),
     ("model/backbone.safetensors", b"\x00" * 64, "not a valid safetensors file"),

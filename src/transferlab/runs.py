@@ -265,8 +265,70 @@ def _auto_hint(folder: Path) -> str:
     run, tta = result.get("run"), result.get("tta")
     if not isinstance(run, str):
         return ""
+    run = os.path.normpath(os.path.join(os.path.abspath(folder), run))  # relative to the folder (older: absolute)
     flag = f" with --tta {tta}" if isinstance(tta, str) and tta != "none" else ""
     return f"; it is a `transferlab auto` folder: the model it chose is {run[:300]!r}{flag[:40]}"
+
+
+PREDICTION_COLUMNS = ("path", "split", "true", "predicted")
+# predictions.csv holds one short row per image: 256 MiB is millions of images, not a real run.
+MAX_PREDICTIONS_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)  # slots: a run of a million images is a million rows
+class PredictionRow:
+    path: str  # as the run saw the image: absolute, or relative to where it ran
+    split: str
+    true: str
+    predicted: str
+
+
+def iter_predictions(run_path: str | Path, split: str | None = None, missing_ok: bool = False
+                     ) -> Iterator[PredictionRow]:
+    """The run's predictions.csv, row by row (every split, or `split`'s): the one reader of that file.
+
+    A run folder is hostile until checked: no more than MAX_PREDICTIONS_BYTES is read, and every
+    row must hold the four columns; anything else is one line naming the file. With `missing_ok`,
+    a run without the file gives no rows."""
+    path = Path(run_path) / "predictions.csv"
+    if not path.is_file():
+        if missing_ok:
+            return
+        raise TransferlabError(f"{path}: predictions file not found")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PREDICTIONS_BYTES + 1)
+        if len(raw) > MAX_PREDICTIONS_BYTES:
+            raise TransferlabError(f"{path}: predictions file is larger than {MAX_PREDICTIONS_BYTES >> 20} MiB")
+        reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
+        del raw
+        header = next(reader, [])
+        missing = [c for c in PREDICTION_COLUMNS if c not in header]
+        if missing:
+            raise TransferlabError(f"{path}: predictions file lacks the column(s) {', '.join(missing)}")
+        columns = [header.index(c) for c in PREDICTION_COLUMNS]
+        for row in reader:
+            if not row:
+                continue  # a blank line
+            if len(row) <= max(columns):
+                raise TransferlabError(f"{path}: line {reader.line_num} has {len(row)} columns")
+            if split is None or row[columns[1]] == split:
+                yield PredictionRow(*(row[i] for i in columns))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TransferlabError(f"{path}: predictions file is not readable CSV ({type(exc).__name__})") from None
+
+
+def read_predictions(run_path: str | Path, split: str | None = None, missing_ok: bool = False
+                     ) -> list[PredictionRow]:
+    """Every row `iter_predictions` gives, as a list."""
+    return list(iter_predictions(run_path, split, missing_ok))
+
+
+def image_on_disk(run: RunPaths, name: str) -> Path | None:
+    """A predictions.csv path as a file that exists, or None. Paths are as the run saw them:
+    relative to where it ran, usually the folder holding runs/ (so that is tried too).
+    os.path.isfile, not Path.is_file: a hostile name too long or unreadable is False, not a traceback."""
+    return next((p for p in (Path(name), run.path.resolve().parent.parent / name) if os.path.isfile(p)), None)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ selection on validation, scored out of fold) when that beats the best single run
 
 Every step is an ordinary run folder under OUT/runs/. OUT/plan.md logs each decision with
 its reason and the figure behind it, and what each step contributed; OUT/result.json names
-the run to use (predict, serve and export accept it). Re-run the same command after a kill:
+the run to use, relative to OUT (predict, serve and export accept it). Re-run the same command after a kill:
 finished runs are kept, a killed fine-tune resumes, the time already spent counts.
 """
 

@@ -12,7 +12,6 @@ interpolation, mean, std, classes).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -31,7 +30,16 @@ from transferlab.inference.openvino_check import openvino_check
 from transferlab.inference.probe_network import WithSoftmax
 from transferlab.inference.run_network import RunNetwork, load_run_network
 from transferlab.options import check_output_file, tta_mode
-from transferlab.runs import RunDir, check_no_links, load_complete_run, open_member, open_run, read_json_object
+from transferlab.runs import (
+    RunDir,
+    check_no_links,
+    image_on_disk,
+    load_complete_run,
+    open_member,
+    open_run,
+    read_json_object,
+    read_predictions,
+)
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 ONNX_OPSET = 17
@@ -76,14 +84,12 @@ def model_fingerprint(run_path: str | Path) -> str:
 
 def _real_images(run: RunDir, card: ModelCard) -> torch.Tensor | None:
     """A few of the run's own images as uint8 (one per true class first), if they are still on disk."""
-    table = run.path / "predictions.csv"
-    if not table.is_file():
+    rows = read_predictions(run.path, missing_ok=True)
+    if not rows:
         return None
-    with open(table, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
     by_class: dict[str, list[str]] = {}
     for row in rows:
-        by_class.setdefault(row.get("true", ""), []).append(row.get("path", ""))
+        by_class.setdefault(row.true, []).append(row.path)
     # Round-robin over classes, so the sample is not four images of the largest class.
     ordered = [paths[i] for i in range(max(map(len, by_class.values()), default=0))
                for paths in by_class.values() if i < len(paths)]
@@ -91,9 +97,7 @@ def _real_images(run: RunDir, card: ModelCard) -> torch.Tensor | None:
     for name in ordered:
         if len(images) == REAL_IMAGES:
             break
-        # Paths are as the probe saw them: relative to where it ran, usually the folder
-        # holding runs/ (so also try there when exporting from elsewhere).
-        path = next((p for p in (Path(name), run.path.resolve().parent.parent / name) if p.is_file()), None)
+        path = image_on_disk(run, name)
         if path is None:
             continue
         try:

@@ -11,7 +11,6 @@ backbone and extraction settings a run already records.
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 from dataclasses import dataclass, replace
@@ -46,9 +45,7 @@ from transferlab.insight.map_methods import METHOD_TITLES, METHODS, check_method
 from transferlab.insight.runinfo import read_run
 from transferlab.insight.transferability import resolve_cache_root
 from transferlab.precision import resolve_precision
-from transferlab.runs import open_run
-
-PREDICTION_COLUMNS = ("path", "split", "true", "predicted")
+from transferlab.runs import PredictionRow, open_run, read_predictions
 
 
 @dataclass(frozen=True)
@@ -119,24 +116,14 @@ class _Images:
 # --------------------------------------------------------------------------- a probe run
 
 
-def _read_predictions(path: Path, index: dict[str, int]) -> list[dict]:
-    """predictions.csv rows, checked: a run folder is hostile until checked."""
-    if not path.is_file():
-        return []
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in PREDICTION_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise TransferlabError(f"{path}: no column(s) {', '.join(missing)}")
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise TransferlabError(f"{path}: not a readable predictions table ({type(exc).__name__})") from None
+def _read_predictions(run_dir: Path, index: dict[str, int]) -> list[PredictionRow]:
+    """predictions.csv rows (read by the one checked reader), each naming the run's classes."""
+    rows = read_predictions(run_dir, missing_ok=True)
     for number, row in enumerate(rows, start=2):
-        unknown = [row[c] for c in ("true", "predicted") if row.get(c) not in index]
-        if unknown or not row.get("path"):
-            problem = f"class '{unknown[0]}' is not one of the run's classes" if unknown else "empty path"
-            raise TransferlabError(f"{path}: line {number}: {problem}")
+        unknown = [c for c in (row.true, row.predicted) if c not in index]
+        if unknown or not row.path:
+            problem = f"class {unknown[0][:60]!r} is not one of the run's classes" if unknown else "empty path"
+            raise TransferlabError(f"{run_dir / 'predictions.csv'}: line {number}: {problem}")
     return rows
 
 
@@ -148,9 +135,9 @@ def _run_images(run_dir: Path, classes: list[str]) -> _Images:
     if strangers:
         raise TransferlabError(f"{run_dir / 'split.json'}: class '{strangers[0]}' is not one of the run's classes")
     root = Path(split["root"])
-    rows = _read_predictions(run_dir / "predictions.csv", index)
+    rows = _read_predictions(run_dir, index)
     # predictions.csv holds str(root / relative path), so rebuilt paths compare equal.
-    predicted = {Path(row["path"]): index[row["predicted"]] for row in rows}
+    predicted = {Path(row.path): index[row.predicted] for row in rows}
     images = _Images([], [], [], [])
     for name in ("train", "val"):
         for rel, class_name in split[name]:
@@ -160,12 +147,12 @@ def _run_images(run_dir: Path, classes: list[str]) -> _Images:
             images.predictions.append(predicted.get(path, -1))
             images.splits.append(name)
     for row in rows:
-        if row["split"] == "test":  # test images are not in split.json
-            images.paths.append(Path(row["path"]))
-            images.labels.append(index[row["true"]])
-            images.predictions.append(index[row["predicted"]])
+        if row.split == "test":  # test images are not in split.json
+            images.paths.append(Path(row.path))
+            images.labels.append(index[row.true])
+            images.predictions.append(index[row.predicted])
             images.splits.append("test")
-    missing = [p for p in images.paths[:50] if not p.exists()]
+    missing = [p for p in images.paths[:50] if not os.path.exists(p)]  # a hostile name: False, not a traceback
     if missing:
         raise TransferlabError(f"{run_dir}: the run's images are not where it recorded them (e.g. {missing[0]}); "
                                "run embed from the folder the probe ran in")

@@ -6,8 +6,6 @@ for its type, and anything malformed is one TransferlabError line naming the fil
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -20,12 +18,10 @@ from safetensors import SafetensorError, safe_open
 from transferlab.data.split import load_split
 from transferlab.errors import TransferlabError
 from transferlab.insight.runinfo import read_run
-from transferlab.runs import read_json_object
+from transferlab.runs import read_json_object, read_predictions
 from transferlab.safe_yaml import short_repr
 
 VARIANT_FILE = "variant.json"
-# predictions.csv holds one short row per image: 256 MiB is millions of images, not a real run.
-MAX_PREDICTIONS_BYTES = 256 * 1024 * 1024
 LABEL_MAX_CHARS = 120
 
 
@@ -143,30 +139,9 @@ def _train_per_class(run_dir: Path) -> float | None:
     return sum(counts.values()) / len(split["classes"])
 
 
-def read_correctness(path: Path, split: str) -> dict[str, bool]:
-    """predictions.csv rows of `split`: image path -> whether the prediction was right."""
-    if not path.is_file():
-        raise TransferlabError(f"{path}: predictions file not found")
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_PREDICTIONS_BYTES + 1)
-        if len(raw) > MAX_PREDICTIONS_BYTES:
-            raise TransferlabError(f"{path}: predictions file is larger than {MAX_PREDICTIONS_BYTES >> 20} MiB")
-        rows = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
-        header = next(rows, [])
-        columns = {name: header.index(name) for name in ("path", "split", "true", "predicted") if name in header}
-        if len(columns) < 4:
-            raise TransferlabError(f"{path}: predictions file needs the columns path, split, true, predicted")
-        width = max(columns.values()) + 1
-        correct = {}
-        for row in rows:
-            if len(row) < width:
-                raise TransferlabError(f"{path}: predictions row {rows.line_num} has {len(row)} columns")
-            if row[columns["split"]] == split:
-                correct[row[columns["path"]]] = row[columns["true"]] == row[columns["predicted"]]
-        return correct
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise TransferlabError(f"{path}: predictions file is not readable CSV ({type(exc).__name__})") from None
+def read_correctness(run_path: Path, split: str) -> dict[str, bool]:
+    """The run's predictions.csv rows of `split`: image path -> whether the prediction was right."""
+    return {row.path: row.true == row.predicted for row in read_predictions(run_path, split)}
 
 
 def read_run_figures(run_dir: str | os.PathLike, split: str = "val") -> RunFigures:
@@ -192,7 +167,7 @@ def read_run_figures(run_dir: str | os.PathLike, split: str = "val") -> RunFigur
         n_val=n_val,
         train_per_class=_train_per_class(info.path),
         resolution=resolution if isinstance(resolution, int) else None,
-        correct=read_correctness(info.path / "predictions.csv", split),
+        correct=read_correctness(info.path, split),
         config=info.config,
     )
 

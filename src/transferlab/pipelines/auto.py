@@ -15,7 +15,7 @@ The plan, each step only when its estimate (from throughput measured here, see
 
 Every step is an ordinary run folder under OUT/runs/; OUT/plan.md logs each decision with
 its reason and figure, and what each step contributed; OUT/auto.json holds the state, and
-OUT/result.json names the chosen run (a run folder predict, serve and export accept).
+OUT/result.json names the chosen run, relative to OUT (a run folder predict, serve and export accept).
 Re-running the same command after a kill keeps finished runs, resumes a killed fine-tune,
 and counts the time already spent against the budget.
 """
@@ -174,8 +174,10 @@ def _plan(context: AutoContext, state: dict) -> AutoResult:
     tta = tta_step(context, throughput, best)
     ensemble = ensemble_step(context, throughput, steps, best, tta)
     chosen = ensemble or (tta if tta is not None and tta.val_accuracy > best.val_accuracy else best)
-    result = {"run": str(chosen.run.resolve()), "label": chosen.label, "val_accuracy": chosen.val_accuracy,
-              "tta": chosen.tta, "seconds": round(budget.used(), 1), "budget_s": config.budget_s}
+    # Relative to OUT: the folder can be moved or copied whole and still names its model.
+    result = {"run": chosen.run.relative_to(context.out).as_posix(), "label": chosen.label,
+              "val_accuracy": chosen.val_accuracy, "tta": chosen.tta, "seconds": round(budget.used(), 1),
+              "budget_s": config.budget_s}
     write_json(context.out / "result.json", result)
     log.add("result", "note", f"the model to use is {chosen.run.resolve()}" + (f" with --tta {chosen.tta}" if
                                                                       chosen.tta != "none" else ""),

@@ -7,7 +7,6 @@ into OUT/runs/<step>/ and reports what it measured.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from transferlab.pipelines.finetune import FinetuneConfig, run_finetune
 from transferlab.pipelines.finetune_state import STATE_FILE as FINETUNE_STATE
 from transferlab.pipelines.probe import ProbeConfig, run_probe
 from transferlab.report.metrics import classification_metrics
-from transferlab.runs import read_json_object, run_status
+from transferlab.runs import read_json_object, read_predictions, run_status
 from transferlab.safe_yaml import read_yaml_file
 
 THROUGHPUT_FILE = "throughput.json"
@@ -206,9 +205,8 @@ def finetune_step(context: AutoContext, throughput: Throughput, backbone: str, r
 
 
 def _val_rows(run: Path) -> tuple[list[str], list[str]]:
-    with open(run / "predictions.csv", newline="", encoding="utf-8") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["split"] == "val"]
-    return [r["path"] for r in rows], [r["true"] for r in rows]
+    rows = read_predictions(run, "val")
+    return [r.path for r in rows], [r.true for r in rows]
 
 
 def tta_step(context: AutoContext, throughput: Throughput, best: StepResult) -> StepResult | None:
