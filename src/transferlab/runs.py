@@ -214,16 +214,22 @@ def _is_run_status(path: Path) -> bool:
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of `path`, never more than `limit` read (a hostile file may be any size): one line
+    naming it when it is larger. OSError is the caller's to word."""
+    with open(path, "rb") as handle:
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise TransferlabError(f"{path}: {what} is larger than {limit >> 20} MiB")
+    return raw
+
+
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON object from a run folder, or one line saying what is wrong with the file."""
     if not path.is_file():
         raise TransferlabError(f"{path}: {what} not found")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise TransferlabError(f"{path}: {what} is larger than {MAX_JSON_BYTES // 2**20} MiB")
-        value = json.loads(raw.decode("utf-8"))
+        value = json.loads(read_bounded(path, MAX_JSON_BYTES, what).decode("utf-8"))
     # ValueError: besides JSONDecodeError (and UnicodeDecodeError), an integer of more than
     # 4300 digits, which json.loads refuses with a plain ValueError.
     except (OSError, ValueError, RecursionError) as exc:
@@ -296,12 +302,9 @@ def iter_predictions(run_path: str | Path, split: str | None = None, missing_ok:
             return
         raise TransferlabError(f"{path}: predictions file not found")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_PREDICTIONS_BYTES + 1)
-        if len(raw) > MAX_PREDICTIONS_BYTES:
-            raise TransferlabError(f"{path}: predictions file is larger than {MAX_PREDICTIONS_BYTES >> 20} MiB")
-        reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
-        del raw
+        text = read_bounded(path, MAX_PREDICTIONS_BYTES, "predictions file").decode("utf-8")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        del text
         header = next(reader, [])
         missing = [c for c in PREDICTION_COLUMNS if c not in header]
         if missing:
