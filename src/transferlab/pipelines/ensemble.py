@@ -113,14 +113,14 @@ def _ensemble(config: EnsembleConfig, run: RunDir, members: Members, test, basel
     table = _member_table(members, scored, splits, combination, folds)
     card = _card(members, combination)
     # A member of weight 0 changes no prediction: predict, serve and export need not load it.
-    drop_members(run.model_dir, [n for i, n in enumerate(members.names) if i not in combination.used()])
+    drop_members(run.model_dir, [n for n in members.names if n not in card.members])
     end = RunEnd(
         kind="ensemble", title=f"ensemble ({config.method}) of {len(card.members)}"
         + (f" (of {len(members.runs)} runs given)" if len(card.members) < len(members.runs) else ""),
         report_title=f"transferlab ensemble: {members.root.name}", classes=members.classes, splits=splits,
         skipped=[[str(p), r] for s in scored.values() for p, r in s.failures] + (
             [[str(s.path), s.reason] for s in test.skipped] if test is not None else []),
-        notes=[], summary=_summary(config, members, scored, combination, folds), config=_config(config, members, card),
+        notes=[], summary=_summary(config, members, scored, card, folds), config=_config(config, members, card),
         card=card, save_weights=lambda model_dir: None, seed=config.seed,
         cam_unavailable="an ensemble: `transferlab explain` shows each member's maps",
         baseline=baseline, baseline_name=config.baseline or "", extra_metrics={"ensemble": table},
@@ -206,7 +206,7 @@ def _member_table(members: Members, scored: dict, splits: list[SplitPredictions]
             "val_is": "out-of-fold" if folds else "the plain mean (nothing fitted)"}
 
 
-def _summary(config: EnsembleConfig, members: Members, scored: dict, combination: Combination, folds: int) -> dict:
+def _summary(config: EnsembleConfig, members: Members, scored: dict, card: ModelCard, folds: int) -> dict:
     fitted = (f"{config.method}: fitted on the validation predictions; validation figures are {folds}-fold "
               "cross-validated on the validation set (never scored on the images fitted on)" if folds else
               "mean of the members' probabilities (nothing fitted)")
@@ -215,9 +215,8 @@ def _summary(config: EnsembleConfig, members: Members, scored: dict, combination
         "members": "; ".join(f"{n}: {r.path} ({r.card.kind}, {r.card.backbone}, {r.card.resolution}px)"
                              for n, r in zip(members.names, members.runs)),
         "combination": fitted,
-        **({"kept in the model": ", ".join(members.names[i] for i in combination.used())
-            + " (the others have weight 0, so they change no prediction)"}
-           if len(combination.used()) < len(members.names) else {}),
+        **({"kept in the model": ", ".join(card.members) + " (the others have weight 0, so they change no prediction)"}
+           if len(card.members) < len(members.names) else {}),
         "scored with": f"{scored['val'].engine} (each member's branch of the ensemble's network)",
         **({"test-time augmentation": f"{config.tta} on every member"} if config.tta else {}),
         "images": {name: len(s.labels) for name, s in scored.items()},
